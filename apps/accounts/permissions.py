@@ -1,0 +1,37 @@
+"""Who may do what: organization scoping and role checks, shared by admin, API and commands."""
+
+from __future__ import annotations
+
+from django.db.models import QuerySet
+
+from apps.accounts.choices import ROLE_RANK, Role
+from apps.accounts.models import Membership, Organization
+
+
+def organizations_for(user, role: str = Role.VIEWER) -> QuerySet[Organization]:
+    """Organizations where the user holds at least `role`; superusers get all of them."""
+    if not user or not user.is_authenticated:
+        return Organization.objects.none()
+    if user.is_superuser:
+        return Organization.objects.all()
+    org_ids = Membership.objects.filter(user=user).at_least(role).values("organization_id")
+    return Organization.objects.filter(pk__in=org_ids)
+
+
+def scope_to_user(queryset: QuerySet, user, field: str = "organization") -> QuerySet:
+    """Limit a queryset to rows of the user's organizations (the read scope)."""
+    if user.is_superuser:
+        return queryset
+    return queryset.filter(**{f"{field}__in": organizations_for(user)})
+
+
+def role_in(user, organization: Organization) -> str | None:
+    if user.is_superuser:
+        return Role.ADMIN
+    membership = Membership.objects.filter(user=user, organization=organization).first()
+    return membership.role if membership else None
+
+
+def has_role(user, organization: Organization, role: str) -> bool:
+    held = role_in(user, organization)
+    return held is not None and ROLE_RANK[Role(held)] >= ROLE_RANK[Role(role)]

@@ -1,0 +1,85 @@
+from django.db import models
+
+
+class ExecutionStatus(models.TextChoices):
+    SCHEDULED = "scheduled", "Scheduled"
+    PENDING = "pending", "Pending"
+    RUNNING = "running", "Running"
+    PAUSED = "paused", "Paused"
+    RETRYING = "retrying", "Retrying"
+    INTERRUPTED = "interrupted", "Interrupted"
+    INCOMPLETE = "incomplete", "Incomplete"
+    COMPLETED = "completed", "Completed"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+EXECUTION_TERMINAL = frozenset({ExecutionStatus.COMPLETED, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED})
+EXECUTION_ACTIVE = frozenset(
+    {ExecutionStatus.PENDING, ExecutionStatus.RUNNING, ExecutionStatus.RETRYING, ExecutionStatus.INTERRUPTED}
+)
+# States in which the engine may still start steps of the execution.
+EXECUTION_ADVANCING = frozenset(
+    {ExecutionStatus.PENDING, ExecutionStatus.RUNNING, ExecutionStatus.PAUSED, ExecutionStatus.RETRYING,
+     ExecutionStatus.INTERRUPTED}
+)
+
+
+class StepStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    DISPATCHED = "dispatched", "Dispatched"
+    RUNNING = "running", "Running"
+    COMPLETED = "completed", "Completed"
+    FAILED = "failed", "Failed"
+    TIMEOUT = "timeout", "Timeout"
+    CANCELLED = "cancelled", "Cancelled"
+    INTERRUPTED = "interrupted", "Interrupted"
+    SKIPPED = "skipped", "Skipped"
+
+
+STEP_RUNNABLE = frozenset({StepStatus.PENDING, StepStatus.DISPATCHED})
+STEP_OPEN = frozenset({StepStatus.PENDING, StepStatus.DISPATCHED, StepStatus.RUNNING})
+STEP_FAILED = frozenset({StepStatus.FAILED, StepStatus.TIMEOUT})
+STEP_FINISHED = frozenset(
+    {StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.TIMEOUT, StepStatus.CANCELLED, StepStatus.SKIPPED}
+)
+
+
+class Trigger(models.TextChoices):
+    MANUAL = "manual", "Manual"
+    WEBHOOK = "webhook", "Webhook"
+    CRON = "cron", "Cron"
+
+
+class EventKind(models.TextChoices):
+    CREATED = "created", "Execution created"
+    EXECUTION_STARTED = "execution_started", "Execution started"
+    EXECUTION_COMPLETED = "execution_completed", "Execution completed"
+    EXECUTION_FAILED = "execution_failed", "Execution failed"
+    NODE_DISPATCHED = "node_dispatched", "Node dispatched"
+    NODE_STARTED = "node_started", "Node started"
+    NODE_COMPLETED = "node_completed", "Node completed"
+    NODE_FAILED = "node_failed", "Node failed"
+    NODE_SKIPPED = "node_skipped", "Node skipped"
+    NODE_CANCELLED = "node_cancelled", "Node cancelled"
+    CONDITION = "condition", "Condition evaluated"
+    ERROR_ROUTED = "error_routed", "Error routed"
+    DUPLICATE_DELIVERY = "duplicate_delivery", "Duplicate delivery ignored"
+
+
+# Badge colours (DESIGN §8), used by the admin.
+STATUS_COLOURS = {
+    ExecutionStatus.SCHEDULED: "#6b7280",
+    ExecutionStatus.PENDING: "#6b7280",
+    ExecutionStatus.RUNNING: "#2563eb",
+    ExecutionStatus.PAUSED: "#4f46e5",
+    ExecutionStatus.RETRYING: "#d97706",
+    ExecutionStatus.INTERRUPTED: "#b45309",
+    ExecutionStatus.INCOMPLETE: "#c2410c",
+    ExecutionStatus.COMPLETED: "#16a34a",
+    ExecutionStatus.FAILED: "#dc2626",
+    ExecutionStatus.CANCELLED: "#6b7280",
+    StepStatus.DISPATCHED: "#6b7280",
+    StepStatus.TIMEOUT: "#dc2626",
+    StepStatus.SKIPPED: "#9ca3af",
+}

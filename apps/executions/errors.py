@@ -1,0 +1,82 @@
+"""The error taxonomy of DESIGN §5/§6: every node failure is one of these types.
+
+The class names are the product vocabulary and are stored on steps as `error_type`.
+`ConnectionError` deliberately shadows the builtin inside this module only; import it as
+`errors.ConnectionError`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class NodeError(Exception):
+    """Base class: a node attempt failed. `output` keeps whatever the node produced."""
+
+    auto_retry: bool | None = None  # None = not an incomplete-execution class
+
+    def __init__(self, message: str, output: dict[str, Any] | None = None, retry_after: float | None = None):
+        super().__init__(message)
+        self.message = message
+        self.output = output or {}
+        self.retry_after = retry_after
+
+    @property
+    def type_name(self) -> str:
+        return type(self).__name__
+
+
+class ConnectionError(NodeError):  # noqa: A001 - product vocabulary
+    auto_retry = True
+
+
+class RateLimitError(NodeError):
+    auto_retry = True
+
+
+class OutOfSpaceError(NodeError):
+    auto_retry = True
+
+
+class ModuleTimeoutError(NodeError):
+    auto_retry = True
+
+
+class DataError(NodeError):
+    auto_retry = False
+
+
+class InvalidConfigurationError(NodeError):
+    auto_retry = False
+
+
+class InvalidAccessTokenError(NodeError):
+    auto_retry = False
+
+
+class UnexpectedError(NodeError):
+    auto_retry = False
+
+
+class MaxFileSizeExceededError(NodeError):
+    auto_retry = False
+
+
+class MaxResultsExceededError(NodeError):
+    auto_retry = False
+
+
+AUTO_RETRY_TYPES = frozenset(
+    c.__name__ for c in (ConnectionError, RateLimitError, OutOfSpaceError, ModuleTimeoutError)
+)
+NO_AUTO_RETRY_TYPES = frozenset(
+    c.__name__
+    for c in (
+        DataError,
+        InvalidConfigurationError,
+        InvalidAccessTokenError,
+        UnexpectedError,
+        MaxFileSizeExceededError,
+        MaxResultsExceededError,
+    )
+)

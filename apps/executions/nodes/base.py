@@ -1,0 +1,86 @@
+"""The node-type registry. A node type validates its config and runs one attempt.
+
+Plugins add types with `@register`: subclass NodeType, set `name`, `outcomes`, and implement
+`check_config` (static problems, reported with paths at definition time) and `run`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from django.conf import settings
+
+from apps.executions.errors import InvalidConfigurationError
+
+Problem = tuple[str, str]  # (path relative to the node's config, message)
+
+
+@dataclass
+class NodeContext:
+    """What a running node gets: its rendered config and where it runs."""
+
+    config: dict[str, Any]
+    raw_config: dict[str, Any]
+    node: dict[str, Any]
+    template_context: dict[str, Any]
+    timeout: float | None
+    execution_id: int
+    step_id: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class NodeType:
+    name: ClassVar[str] = ""
+    # The edge `on` values this node can fire. `always` is added for every type.
+    outcomes: ClassVar[frozenset[str]] = frozenset({"success", "error"})
+    # Config keys that are not rendered as templates before `run` (the node renders them itself).
+    raw_keys: ClassVar[frozenset[str]] = frozenset()
+    default_timeout: ClassVar[float | None] = None
+
+    def check_config(self, config: dict[str, Any]) -> list[Problem]:
+        return []
+
+    def run(self, ctx: NodeContext) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def fired(self, output: dict[str, Any]) -> set[str]:
+        """Edge outcomes fired on success besides `success` and `always` (e.g. a condition's)."""
+        return set()
+
+
+REGISTRY: dict[str, NodeType] = {}
+
+
+def register(cls: type[NodeType]) -> type[NodeType]:
+    REGISTRY[cls.name] = cls()
+    return cls
+
+
+def get_node_type(name: str) -> NodeType:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise InvalidConfigurationError(f"Unknown node type: {name}") from None
+
+
+def cap_text(value: str | bytes, cap: int | None = None) -> tuple[str, bool]:
+    """Decode and cap an output field at the configured size; report whether it was cut."""
+    cap = cap or settings.OPSFLOW_OUTPUT_CAP_BYTES
+    raw = value if isinstance(value, bytes) else value.encode("utf-8", "replace")
+    truncated = len(raw) > cap
+    if truncated:
+        raw = raw[:cap]
+    return raw.decode("utf-8", "replace"), truncated
+
+
+def require(config: dict[str, Any], key: str, kind: type | tuple[type, ...], problems: list[Problem], label: str) -> None:
+    if key not in config or config[key] is None:
+        problems.append((key, "required"))
+    elif not isinstance(config[key], kind):
+        problems.append((key, f"must be {label}"))
+
+
+def json_size(value: Any) -> int:
+    return len(json.dumps(value, default=str).encode())

@@ -1,0 +1,439 @@
+"""The workflow definition document (DESIGN §3): parsing and complete validation.
+
+`validate_definition` reports every problem with a path such as `nodes[2].config.url`, and
+returns a normalized copy (defaults filled in) only when there are none.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import zoneinfo
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from croniter import croniter
+
+from apps.executions.nodes import REGISTRY
+from apps.executions.templating import iter_template_strings, template_problem
+from apps.workflows.choices import EDGE_ON, VARIABLE_TYPES, Backoff, Catchup, OnError, TriggerType
+
+SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,98}[a-z0-9])?$")
+NODE_ID_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+QUEUE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+TOP_LEVEL_KEYS = {"slug", "name", "description", "organization", "trigger", "settings", "variables", "nodes", "edges"}
+NODE_KEYS = {"id", "type", "name", "config", "queue", "timeout", "retry", "on_error", "critical"}
+DEFAULT_SETTINGS: dict[str, Any] = {
+    "store_incomplete_executions": False,
+    "sequential_processing": False,
+    "allow_data_loss": False,
+    "max_concurrent_executions": 0,
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"path": self.path, "message": self.message}
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class DefinitionError(Exception):
+    """The document has problems; `problems` lists every one of them."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("; ".join(str(p) for p in problems))
+
+
+def parse_document(text: str | bytes) -> Any:
+    """Parse YAML or JSON text (JSON is YAML); raise DefinitionError on a syntax error."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise DefinitionError([Problem("", f"not valid YAML or JSON{where}: {problem}")]) from None
+
+
+def dump_document(definition: dict[str, Any], fmt: str = "yaml") -> str:
+    if fmt == "json":
+        return json.dumps(definition, indent=2)
+    return yaml.safe_dump(definition, sort_keys=False, allow_unicode=True)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class _Validator:
+    def __init__(self, doc: Any):
+        self.doc = doc
+        self.problems: list[Problem] = []
+
+    def add(self, path: str, message: str) -> None:
+        self.problems.append(Problem(path, message))
+
+    def run(self) -> dict[str, Any]:
+        doc = self.doc
+        if not isinstance(doc, dict):
+            self.add("", "the definition must be a mapping with slug, name, nodes and edges")
+            raise DefinitionError(self.problems)
+        out = copy.deepcopy(doc)
+        for key in sorted(set(doc) - TOP_LEVEL_KEYS):
+            self.add(str(key), "unknown field")
+
+        slug = doc.get("slug")
+        if slug is None:
+            self.add("slug", "required")
+        elif not isinstance(slug, str) or not SLUG_RE.match(slug):
+            self.add("slug", "must be lowercase letters, digits and hyphens (at most 100)")
+        name = doc.get("name")
+        if name is None:
+            self.add("name", "required")
+        elif not isinstance(name, str) or not name.strip() or len(name) > 200:
+            self.add("name", "must be a non-empty string of at most 200 characters")
+        if "organization" in doc and not isinstance(doc["organization"], str):
+            self.add("organization", "must be an organization slug")
+
+        out["trigger"] = self.trigger(doc.get("trigger"))
+        out["settings"] = self.settings(doc.get("settings"))
+        out["variables"] = self.variables(doc.get("variables"))
+        nodes = self.nodes(doc.get("nodes"))
+        out["nodes"] = nodes
+        out["edges"] = self.edges(doc.get("edges"), nodes)
+        if self.problems:
+            raise DefinitionError(self.problems)
+        return out
+
+    def trigger(self, trigger: Any) -> dict[str, Any]:
+        if trigger is None:
+            return {"type": TriggerType.MANUAL.value}
+        if not isinstance(trigger, dict):
+            self.add("trigger", "must be a mapping with a type")
+            return {}
+        kind = trigger.get("type", TriggerType.MANUAL.value)
+        out = dict(trigger, type=kind)
+        if kind not in TriggerType.values:
+            self.add("trigger.type", f"must be one of {', '.join(TriggerType.values)}")
+        if kind == TriggerType.CRON:
+            schedule = trigger.get("schedule")
+            if not isinstance(schedule, str) or not schedule.strip():
+                self.add("trigger.schedule", "required for a cron trigger")
+            elif not croniter.is_valid(schedule):
+                self.add("trigger.schedule", f"not a valid cron expression: {schedule!r}")
+            timezone = trigger.get("timezone", "UTC")
+            try:
+                zoneinfo.ZoneInfo(str(timezone))
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                self.add("trigger.timezone", f"unknown time zone: {timezone!r}")
+            out["timezone"] = timezone
+            catchup = trigger.get("catchup", Catchup.LATEST.value)
+            if catchup not in Catchup.values:
+                self.add("trigger.catchup", f"must be one of {', '.join(Catchup.values)}")
+            out["catchup"] = catchup
+            lateness = trigger.get("max_lateness", 3600)
+            if not _is_int(lateness) or lateness < 0:
+                self.add("trigger.max_lateness", "must be a whole number of seconds, 0 or more")
+            out["max_lateness"] = lateness
+        return out
+
+    def settings(self, settings: Any) -> dict[str, Any]:
+        if settings is None:
+            return dict(DEFAULT_SETTINGS)
+        if not isinstance(settings, dict):
+            self.add("settings", "must be a mapping")
+            return dict(DEFAULT_SETTINGS)
+        out = dict(DEFAULT_SETTINGS)
+        for key, value in settings.items():
+            if key not in DEFAULT_SETTINGS:
+                self.add(f"settings.{key}", "unknown setting")
+            elif key == "max_concurrent_executions":
+                if not _is_int(value) or value < 0:
+                    self.add(f"settings.{key}", "must be a whole number, 0 or more (0 = unlimited)")
+            elif not isinstance(value, bool):
+                self.add(f"settings.{key}", "must be true or false")
+            out[key] = value
+        return out
+
+    def variables(self, variables: Any) -> dict[str, Any]:
+        if variables is None:
+            return {}
+        if not isinstance(variables, dict):
+            self.add("variables", "must be a mapping of names to {type, required, default}")
+            return {}
+        out = {}
+        for name, spec in variables.items():
+            path = f"variables.{name}"
+            if not isinstance(name, str) or not NODE_ID_RE.match(name):
+                self.add(path, "a variable name must be letters, digits and underscores")
+                continue
+            if spec is None:
+                spec = {}
+            if not isinstance(spec, dict):
+                self.add(path, "must be a mapping with type, required and default")
+                continue
+            vtype = spec.get("type", "any")
+            if vtype not in VARIABLE_TYPES:
+                self.add(f"{path}.type", f"must be one of {', '.join(VARIABLE_TYPES)}")
+            required = spec.get("required", False)
+            if not isinstance(required, bool):
+                self.add(f"{path}.required", "must be true or false")
+            default = spec.get("default")
+            if default is not None and vtype in VARIABLE_TYPES and not matches_type(default, vtype):
+                self.add(f"{path}.default", f"must be of type {vtype}")
+            out[name] = {"type": vtype, "required": required, "default": default}
+        return out
+
+    def nodes(self, nodes: Any) -> list[dict[str, Any]]:
+        if nodes is None:
+            self.add("nodes", "required (a list of at least one node)")
+            return []
+        if not isinstance(nodes, list) or not nodes:
+            self.add("nodes", "must be a list of at least one node")
+            return []
+        seen: dict[str, int] = {}
+        out = []
+        for index, node in enumerate(nodes):
+            path = f"nodes[{index}]"
+            if not isinstance(node, dict):
+                self.add(path, "must be a mapping with id and type")
+                continue
+            for key in sorted(set(node) - NODE_KEYS, key=str):
+                self.add(f"{path}.{key}", "unknown field")
+            node_id = node.get("id")
+            if node_id is None:
+                self.add(f"{path}.id", "required")
+            elif not isinstance(node_id, str) or not NODE_ID_RE.match(node_id):
+                self.add(f"{path}.id", "must start with a letter or _ and hold only letters, digits and _")
+            elif node_id in seen:
+                self.add(f"{path}.id", f"duplicate id {node_id!r} (also nodes[{seen[node_id]}])")
+            else:
+                seen[node_id] = index
+            node_type = node.get("type")
+            config = node.get("config", {})
+            if config is None:
+                config = {}
+            if node_type is None:
+                self.add(f"{path}.type", "required")
+            elif node_type not in REGISTRY:
+                self.add(f"{path}.type", f"unknown node type {node_type!r}; known: {', '.join(sorted(REGISTRY))}")
+            if not isinstance(config, dict):
+                self.add(f"{path}.config", "must be a mapping")
+                config = {}
+            elif node_type in REGISTRY:
+                for key, message in REGISTRY[node_type].check_config(config):
+                    self.add(f"{path}.config.{key}", message)
+            raw_keys = REGISTRY[node_type].raw_keys if node_type in REGISTRY else frozenset()
+            for sub, text in iter_template_strings({k: v for k, v in config.items() if k not in raw_keys}):
+                problem = template_problem(text)
+                if problem:
+                    self.add(f"{path}.config.{sub}", problem)
+            normalized = {
+                "id": node_id,
+                "type": node_type,
+                "config": config,
+                "queue": node.get("queue", "default"),
+                "timeout": node.get("timeout"),
+                "retry": self.retry(node.get("retry"), f"{path}.retry"),
+                "on_error": node.get("on_error", OnError.FAIL.value),
+                "critical": node.get("critical", True),
+            }
+            if "name" in node:
+                normalized["name"] = node["name"]
+            if not isinstance(normalized["queue"], str) or not QUEUE_RE.match(normalized["queue"]):
+                self.add(f"{path}.queue", "must be a queue name (letters, digits, . _ -)")
+            timeout = normalized["timeout"]
+            if timeout is not None and (not _is_number(timeout) or timeout <= 0 or timeout > 86400):
+                self.add(f"{path}.timeout", "must be a number of seconds between 0 and 86400")
+            if normalized["on_error"] not in OnError.values:
+                self.add(f"{path}.on_error", f"must be one of {', '.join(OnError.values)}")
+            if not isinstance(normalized["critical"], bool):
+                self.add(f"{path}.critical", "must be true or false")
+            out.append(normalized)
+        return out
+
+    def retry(self, retry: Any, path: str) -> dict[str, Any]:
+        out = {"max_retries": 0, "delay": 0, "backoff": Backoff.FIXED.value, "max_delay": 3600}
+        if retry is None:
+            return out
+        if not isinstance(retry, dict):
+            self.add(path, "must be a mapping with max_retries, delay, backoff, max_delay")
+            return out
+        for key in sorted(set(retry) - set(out)):
+            self.add(f"{path}.{key}", "unknown field")
+        out.update({k: v for k, v in retry.items() if k in out})
+        if not _is_int(out["max_retries"]) or not 0 <= out["max_retries"] <= 50:
+            self.add(f"{path}.max_retries", "must be a whole number from 0 to 50")
+        for key in ("delay", "max_delay"):
+            if not _is_number(out[key]) or out[key] < 0:
+                self.add(f"{path}.{key}", "must be a number of seconds, 0 or more")
+        if out["backoff"] not in Backoff.values:
+            self.add(f"{path}.backoff", f"must be one of {', '.join(Backoff.values)}")
+        return out
+
+    def edges(self, edges: Any, nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if edges is None:
+            return []
+        if not isinstance(edges, list):
+            self.add("edges", "must be a list of {from, to, on}")
+            return []
+        by_id = {n["id"]: n for n in nodes if isinstance(n.get("id"), str)}
+        out = []
+        seen = set()
+        for index, edge in enumerate(edges):
+            path = f"edges[{index}]"
+            if not isinstance(edge, dict):
+                self.add(path, "must be a mapping with from and to")
+                continue
+            for key in sorted(set(edge) - {"from", "to", "on"}, key=str):
+                self.add(f"{path}.{key}", "unknown field")
+            source, target, on = edge.get("from"), edge.get("to"), edge.get("on", "success")
+            ok = True
+            for key, value in (("from", source), ("to", target)):
+                if value is None:
+                    self.add(f"{path}.{key}", "required")
+                    ok = False
+                elif value not in by_id:
+                    self.add(f"{path}.{key}", f"no node with id {value!r}")
+                    ok = False
+            if on not in EDGE_ON:
+                self.add(f"{path}.on", f"must be one of {', '.join(EDGE_ON)}")
+                ok = False
+            elif ok and by_id[source]["type"] in REGISTRY:
+                produces = REGISTRY[by_id[source]["type"]].outcomes | {"always"}
+                if on not in produces:
+                    self.add(
+                        f"{path}.on",
+                        f"node {source!r} ({by_id[source]['type']}) cannot produce {on!r}; "
+                        f"it produces {', '.join(sorted(produces))}",
+                    )
+                    ok = False
+            if ok and source == target:
+                self.add(path, f"an edge from {source!r} to itself makes a cycle")
+                ok = False
+            if ok and (source, target, on) in seen:
+                self.add(path, "duplicate edge")
+                ok = False
+            if ok:
+                seen.add((source, target, on))
+                out.append({"from": source, "to": target, "on": on})
+        cycle = find_cycle([n["id"] for n in nodes if n.get("id") in by_id], out)
+        if cycle:
+            self.add("edges", f"the graph has a cycle: {' -> '.join(cycle)}")
+        return out
+
+
+def find_cycle(node_ids: list[str], edges: list[dict[str, Any]]) -> list[str] | None:
+    graph: dict[str, list[str]] = defaultdict(list)
+    for edge in edges:
+        graph[edge["from"]].append(edge["to"])
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in graph[node]:
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if state.get(nxt) is None:
+                found = visit(nxt)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in node_ids:
+        if state.get(node) is None:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def matches_type(value: Any, vtype: str) -> bool:
+    return {
+        "string": lambda v: isinstance(v, str),
+        "number": _is_number,
+        "integer": _is_int,
+        "boolean": lambda v: isinstance(v, bool),
+        "object": lambda v: isinstance(v, dict),
+        "array": lambda v: isinstance(v, list),
+        "any": lambda v: True,
+    }[vtype](value)
+
+
+def validate_definition(doc: Any) -> dict[str, Any]:
+    """Validate a parsed document; return it normalized or raise DefinitionError with every problem."""
+    return _Validator(doc).run()
+
+
+def resolve_variables(definition: dict[str, Any], supplied: Any) -> dict[str, Any]:
+    """Check supplied variables against the definition; fill defaults. Raises DefinitionError."""
+    if supplied is None:
+        supplied = {}
+    if not isinstance(supplied, dict):
+        raise DefinitionError([Problem("variables", "must be a mapping of names to values")])
+    specs = definition.get("variables") or {}
+    problems: list[Problem] = []
+    values = dict(supplied)
+    for name, spec in specs.items():
+        if name not in values or values[name] is None:
+            if spec.get("default") is not None:
+                values[name] = spec["default"]
+            elif spec.get("required"):
+                problems.append(Problem(f"variables.{name}", "required"))
+                continue
+            else:
+                values[name] = None
+                continue
+        if not matches_type(values[name], spec.get("type", "any")):
+            problems.append(Problem(f"variables.{name}", f"must be of type {spec['type']}"))
+    if problems:
+        raise DefinitionError(problems)
+    return values
+
+
+class Graph:
+    """Read-only view of a definition's nodes and edges, for the engine."""
+
+    def __init__(self, definition: dict[str, Any]):
+        self.nodes: dict[str, dict[str, Any]] = {n["id"]: n for n in definition["nodes"]}
+        self.order = [n["id"] for n in definition["nodes"]]
+        self.outgoing: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.incoming: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for edge in definition.get("edges", []):
+            self.outgoing[edge["from"]].append(edge)
+            self.incoming[edge["to"]].append(edge)
+        self.entries = [n for n in self.order if not self.incoming[n]]
+
+    def has_error_route(self, node_id: str) -> bool:
+        return any(e["on"] == "error" for e in self.outgoing[node_id])
+
+    def upstream(self, node_id: str) -> set[str]:
+        seen: set[str] = set()
+        todo = [e["from"] for e in self.incoming[node_id]]
+        while todo:
+            current = todo.pop()
+            if current not in seen:
+                seen.add(current)
+                todo.extend(e["from"] for e in self.incoming[current])
+        return seen

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import secrets
+from functools import cached_property
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+from django.urls import reverse
+
+from apps.accounts.models import Organization
+from apps.workflows.definition import Graph
+
+
+def new_webhook_key() -> str:
+    return secrets.token_urlsafe(24)
+
+
+class Workflow(models.Model):
+    """A graph of action nodes. It has an editable draft and immutable numbered versions."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="workflows")
+    slug = models.SlugField(max_length=100)
+    name = models.CharField(max_length=200)
+    draft = models.JSONField(help_text="The draft definition document (DESIGN §3).")
+    current_version = models.ForeignKey(
+        "WorkflowVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    is_active = models.BooleanField(default=True)
+    inactive_reason = models.CharField(max_length=500, blank=True)
+    webhook_key = models.CharField(max_length=64, unique=True, default=new_webhook_key)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "slug"], name="unique_workflow_slug_per_org"),
+        ]
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def get_absolute_url(self) -> str:
+        return reverse("admin:workflows_workflow_change", args=[self.pk])
+
+    @property
+    def published_number(self) -> int | None:
+        return self.current_version.number if self.current_version_id else None
+
+    @property
+    def effective_definition(self) -> dict[str, Any]:
+        """What runs now: the published version, or the draft before the first publish."""
+        return self.current_version.definition if self.current_version_id else self.draft
+
+    @property
+    def has_unpublished_changes(self) -> bool:
+        return not self.current_version_id or self.current_version.definition != self.draft
+
+
+class WorkflowVersion(models.Model):
+    """An immutable, numbered snapshot of a workflow's definition. Executions run one of these."""
+
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField()
+    definition = models.JSONField()
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["workflow", "number"], name="unique_version_number"),
+        ]
+        ordering = ["workflow", "-number"]
+
+    def __str__(self) -> str:
+        return f"{self.workflow.slug} v{self.number}"
+
+    @cached_property
+    def graph(self) -> Graph:
+        return Graph(self.definition)

@@ -1,0 +1,73 @@
+"""Workflow orchestration: create, edit the draft, publish, import. Admin, API and commands call these."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.db.models import Max
+
+from apps.accounts.models import Organization
+from apps.workflows.definition import DefinitionError, Problem, validate_definition
+from apps.workflows.models import Workflow, WorkflowVersion
+
+
+def create_workflow(organization: Organization, document: Any, user=None) -> Workflow:
+    definition = validate_definition(document)
+    definition.pop("organization", None)
+    if Workflow.objects.filter(organization=organization, slug=definition["slug"]).exists():
+        raise DefinitionError([Problem("slug", f"a workflow with slug {definition['slug']!r} already exists")])
+    try:
+        with transaction.atomic():
+            return Workflow.objects.create(
+                organization=organization,
+                slug=definition["slug"],
+                name=definition["name"],
+                draft=definition,
+                created_by=user,
+            )
+    except IntegrityError:
+        raise DefinitionError([Problem("slug", f"a workflow with slug {definition['slug']!r} already exists")]) from None
+
+
+def update_draft(workflow: Workflow, document: Any) -> Workflow:
+    """Replace the draft. The slug may not change (it is the workflow's address)."""
+    definition = validate_definition(document)
+    definition.pop("organization", None)
+    if definition["slug"] != workflow.slug:
+        raise DefinitionError([Problem("slug", f"cannot change the slug of {workflow.slug!r} here")])
+    workflow.draft = definition
+    workflow.name = definition["name"]
+    workflow.save(update_fields=["draft", "name", "updated_at"])
+    return workflow
+
+
+@transaction.atomic
+def publish_workflow(workflow: Workflow, user=None) -> WorkflowVersion:
+    """Freeze the draft into the next version. An unchanged draft returns the current version."""
+    locked = Workflow.objects.select_for_update().get(pk=workflow.pk)
+    if locked.current_version_id and locked.current_version.definition == locked.draft:
+        return locked.current_version
+    validate_definition(locked.draft)  # drafts are validated on save; this guards old rows
+    number = (locked.versions.aggregate(n=Max("number"))["n"] or 0) + 1
+    version = WorkflowVersion.objects.create(
+        workflow=locked, number=number, definition=locked.draft, created_by=user
+    )
+    locked.current_version = version
+    locked.save(update_fields=["current_version", "updated_at"])
+    workflow.current_version = version
+    return version
+
+
+def import_workflow(organization: Organization, document: Any, user=None, publish: bool = False) -> tuple[Workflow, bool]:
+    """Upsert by slug; returns (workflow, created)."""
+    definition = validate_definition(document)
+    with transaction.atomic():
+        existing = Workflow.objects.filter(organization=organization, slug=definition["slug"]).first()
+        if existing:
+            workflow, created = update_draft(existing, definition), False
+        else:
+            workflow, created = create_workflow(organization, definition, user), True
+        if publish:
+            publish_workflow(workflow, user)
+    return workflow, created

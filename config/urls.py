@@ -1,0 +1,25 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+
+from apps.executions.views import healthz, readyz
+
+admin.site.site_header = "Opsflow"
+admin.site.site_title = "Opsflow"
+admin.site.index_title = "Operations portal"
+
+api_v1 = [
+    path("", include("apps.workflows.api.urls")),
+    path("", include("apps.executions.api.urls")),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("redoc/", SpectacularRedocView.as_view(url_name="schema"), name="api-redoc"),
+]
+
+urlpatterns = [
+    path("", admin.site.urls),
+    path("healthz", healthz, name="healthz"),
+    path("readyz", readyz, name="readyz"),
+    path("api/v1/", include(api_v1)),
+    path("django-rq/", include("django_rq.urls")),
+]
