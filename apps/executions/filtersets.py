@@ -1,0 +1,18 @@
+import django_filters
+
+from apps.executions.choices import ExecutionStatus, Trigger
+from apps.executions.models import Execution
+
+
+class ExecutionFilterSet(django_filters.FilterSet):
+    """One filterset for the API and the admin list."""
+
+    workflow = django_filters.CharFilter(field_name="workflow__slug", label="Workflow slug")
+    status = django_filters.MultipleChoiceFilter(choices=ExecutionStatus.choices)
+    trigger = django_filters.ChoiceFilter(choices=Trigger.choices)
+    started_after = django_filters.IsoDateTimeFilter(field_name="started_at", lookup_expr="gte")
+    started_before = django_filters.IsoDateTimeFilter(field_name="started_at", lookup_expr="lt")
+
+    class Meta:
+        model = Execution
+        fields = ["workflow", "status", "trigger", "started_after", "started_before"]

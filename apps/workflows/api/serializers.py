@@ -1,0 +1,69 @@
+from django.conf import settings
+from rest_framework import serializers
+
+from apps.workflows.models import Workflow, WorkflowVersion
+
+
+class WorkflowSerializer(serializers.ModelSerializer):
+    organization = serializers.CharField(source="organization.slug", read_only=True)
+    published_version = serializers.IntegerField(source="published_number", read_only=True, allow_null=True)
+    trigger = serializers.SerializerMethodField()
+    settings = serializers.SerializerMethodField()
+    webhook_url = serializers.SerializerMethodField()
+    definition = serializers.JSONField(source="draft", read_only=True)
+
+    class Meta:
+        model = Workflow
+        fields = [
+            "slug", "name", "organization", "is_active", "inactive_reason", "published_version",
+            "has_unpublished_changes", "trigger", "settings", "webhook_url", "definition",
+            "created_at", "updated_at",
+        ]
+        read_only_fields = fields
+
+    def get_trigger(self, obj) -> dict:
+        return obj.effective_definition.get("trigger", {})
+
+    def get_settings(self, obj) -> dict:
+        return obj.effective_definition.get("settings", {})
+
+    def get_webhook_url(self, obj) -> str:
+        path = f"/hooks/{obj.webhook_key}/"
+        request = self.context.get("request")
+        return request.build_absolute_uri(path) if request else settings.OPSFLOW_BASE_URL + path
+
+
+class WorkflowPatchSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Workflow
+        fields = ["name", "is_active"]
+
+    def validate(self, attrs):
+        unknown = set(self.initial_data) - set(self.fields)
+        if unknown:
+            raise serializers.ValidationError(
+                {key: "cannot be changed here (use PUT .../draft/ for the definition)" for key in sorted(unknown)}
+            )
+        return attrs
+
+
+class WorkflowVersionSerializer(serializers.ModelSerializer):
+    version = serializers.IntegerField(source="number")
+    created_by = serializers.CharField(source="created_by.username", default=None)
+    is_current = serializers.SerializerMethodField()
+
+    class Meta:
+        model = WorkflowVersion
+        fields = ["version", "created_at", "created_by", "is_current", "definition"]
+
+    def get_is_current(self, obj) -> bool:
+        return obj.workflow.current_version_id == obj.pk
+
+
+class TriggerSerializer(serializers.Serializer):
+    variables = serializers.JSONField(required=False, default=dict)
+
+    def validate_variables(self, value):
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("must be an object of variable names to values")
+        return value
