@@ -17,9 +17,9 @@ api_v1 = [
 ]
 
 urlpatterns = [
-    path("", admin.site.urls),
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
     path("api/v1/", include(api_v1)),
     path("django-rq/", include("django_rq.urls")),
+    path("", admin.site.urls),  # last: the admin's catch-all would shadow the routes above
 ]

@@ -17,7 +17,13 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.executions import engine, errors
-from apps.executions.choices import EXECUTION_ADVANCING, EventKind, ExecutionStatus, StepStatus, Trigger
+from apps.executions.choices import (
+    EXECUTION_ADVANCING,
+    EventKind,
+    ExecutionStatus,
+    StepStatus,
+    Trigger,
+)
 from apps.executions.dispatch import enqueue_step
 from apps.executions.models import Execution, Step
 from apps.executions.nodes import NodeContext, get_node_type

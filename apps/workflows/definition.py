@@ -55,12 +55,31 @@ class DefinitionError(Exception):
         super().__init__("; ".join(str(p) for p in problems))
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans: only true/false, so the edge key `on:` stays a string."""
+
+
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    _BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Load YAML (or JSON) with YAML 1.2 booleans."""
+    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def parse_document(text: str | bytes) -> Any:
     """Parse YAML or JSON text (JSON is YAML); raise DefinitionError on a syntax error."""
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -305,6 +324,8 @@ class _Validator:
             for key in sorted(set(edge) - {"from", "to", "on"}, key=str):
                 self.add(f"{path}.{key}", "unknown field")
             source, target, on = edge.get("from"), edge.get("to"), edge.get("on", "success")
+            if isinstance(on, bool):  # `on: true` written unquoted in YAML, or JSON true
+                on = "true" if on else "false"
             ok = True
             for key, value in (("from", source), ("to", target)):
                 if value is None:

@@ -1,0 +1,45 @@
+"""Organization scoping and role checks for ModelAdmins, the same rules as the API."""
+
+from __future__ import annotations
+
+from apps.accounts.choices import CAN_EDIT, CAN_READ
+from apps.accounts.permissions import has_role, organizations_for, scope_to_user
+
+
+class OrganizationScopedAdmin:
+    """Rows of the user's organizations only; viewers read, editors change.
+
+    Subclasses set `organization_field` (the lookup to the row's organization) and may set
+    `change_role`.
+    """
+
+    organization_field = "organization"
+    change_role = CAN_EDIT
+
+    def organization_of(self, obj):
+        target = obj
+        for part in self.organization_field.split("__"):
+            target = getattr(target, part)
+        return target
+
+    def get_queryset(self, request):
+        return scope_to_user(super().get_queryset(request), request.user, self.organization_field)
+
+    def has_module_permission(self, request):
+        return organizations_for(request.user, CAN_READ).exists()
+
+    def has_view_permission(self, request, obj=None):
+        if obj is None:
+            return self.has_module_permission(request)
+        return has_role(request.user, self.organization_of(obj), CAN_READ)
+
+    def has_change_permission(self, request, obj=None):
+        if obj is None:
+            return organizations_for(request.user, self.change_role).exists()
+        return has_role(request.user, self.organization_of(obj), self.change_role)
+
+    def has_add_permission(self, request):
+        return organizations_for(request.user, self.change_role).exists()
+
+    def has_delete_permission(self, request, obj=None):
+        return self.has_change_permission(request, obj)

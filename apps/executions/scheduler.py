@@ -1,0 +1,84 @@
+"""The scheduler process: one leader at a time, a loop of due work read from the database.
+
+For now the tick promotes due RQ scheduled jobs when running embedded; cron triggers, approval
+timeouts, incomplete-execution retries and the reconciler hook in here in later issues.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+
+from django.conf import settings
+from django.db import close_old_connections
+
+from apps.executions.dispatch import get_connection
+
+logger = logging.getLogger(__name__)
+
+LEADER_KEY = "opsflow:scheduler:leader"
+LEADER_TTL = 15  # seconds; the leader renews every tick, a standby takes over after this
+TICK_SECONDS = 1.0
+
+_RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('expire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+
+class SchedulerLoop:
+    """Holds the leader lock in Redis and runs `tick()` about once a second while leading."""
+
+    def __init__(self, embedded: bool = False):
+        self.token = uuid.uuid4().hex
+        self.embedded = embedded
+        self.is_leader = False
+        self._rq_scheduler = None
+
+    def acquire_or_renew(self) -> bool:
+        connection = get_connection()
+        if self.is_leader:
+            self.is_leader = bool(connection.eval(_RENEW, 1, LEADER_KEY, self.token, LEADER_TTL))
+        if not self.is_leader:
+            self.is_leader = bool(connection.set(LEADER_KEY, self.token, nx=True, ex=LEADER_TTL))
+            if self.is_leader:
+                logger.info("scheduler %s is now the leader", self.token[:8])
+        return self.is_leader
+
+    def release(self) -> None:
+        if self.is_leader:
+            connection = get_connection()
+            if connection.get(LEADER_KEY) == self.token.encode():
+                connection.delete(LEADER_KEY)
+            self.is_leader = False
+
+    def tick(self) -> None:
+        if self.embedded:
+            self._promote_scheduled_jobs()
+
+    def _promote_scheduled_jobs(self) -> None:
+        """Embedded only: worker threads do not run RQ's scheduler process, so the loop does."""
+        from rq.scheduler import RQScheduler
+
+        if self._rq_scheduler is None:
+            self._rq_scheduler = RQScheduler(settings.OPSFLOW_QUEUES, connection=get_connection())
+            self._rq_scheduler._connection = get_connection()  # share the in-process fakeredis client
+        self._rq_scheduler.acquire_locks()
+        self._rq_scheduler.enqueue_scheduled_jobs()
+
+    def run(self, stop: threading.Event) -> None:
+        try:
+            while not stop.is_set():
+                try:
+                    if self.acquire_or_renew():
+                        self.tick()
+                except Exception:  # keep the loop alive; the next tick retries
+                    logger.exception("scheduler tick failed")
+                finally:
+                    close_old_connections()
+                stop.wait(TICK_SECONDS)
+        finally:
+            self.release()

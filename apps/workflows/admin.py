@@ -1,0 +1,161 @@
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpResponseNotAllowed
+from django.shortcuts import get_object_or_404, redirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html
+
+from apps.accounts.admin_mixins import OrganizationScopedAdmin
+from apps.accounts.choices import CAN_EDIT, CAN_EXECUTE
+from apps.accounts.permissions import has_role
+from apps.executions.services import WorkflowNotRunnable, trigger_workflow
+from apps.workflows.definition import DefinitionError
+from apps.workflows.forms import RunWorkflowForm, WorkflowDefinitionForm
+from apps.workflows.models import Workflow, WorkflowVersion
+from apps.workflows.services import create_workflow, publish_workflow, update_draft
+
+
+class WorkflowVersionInline(admin.TabularInline):
+    model = WorkflowVersion
+    fields = ["number", "created_at", "created_by"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = False
+    ordering = ["-number"]
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Workflow)
+class WorkflowAdmin(OrganizationScopedAdmin, admin.ModelAdmin):
+    form = WorkflowDefinitionForm
+    change_form_template = "admin/workflows/workflow/change_form.html"
+    list_display = ["name", "slug", "organization", "published", "is_active", "updated_at"]
+    list_filter = ["organization", "is_active"]
+    search_fields = ["name", "slug"]
+    readonly_fields = ["slug", "published", "webhook_path", "inactive_reason", "created_at", "updated_at"]
+    inlines = [WorkflowVersionInline]
+    actions = ["publish_selected"]
+
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            return ["organization", "definition"]
+        return ["slug", "published", "is_active", "inactive_reason", "webhook_path", "definition"]
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form_class = super().get_form(request, obj, change=change, **kwargs)
+        user = request.user
+
+        class WithUser(form_class):
+            def __init__(self, *args, **kw):
+                super().__init__(*args, user=user, **kw)
+
+        return WithUser
+
+    @admin.display(description="Published version")
+    def published(self, obj):
+        if not obj.current_version_id:
+            return "not published"
+        suffix = " (draft has changes)" if obj.has_unpublished_changes else ""
+        return f"v{obj.current_version.number}{suffix}"
+
+    @admin.display(description="Webhook")
+    def webhook_path(self, obj):
+        return f"/hooks/{obj.webhook_key}/"
+
+    def save_model(self, request, obj, form, change):
+        definition = form.cleaned_data["definition"]
+        if change:
+            update_draft(obj, definition)
+            obj.save(update_fields=["is_active", "updated_at"])
+        else:
+            created = create_workflow(form.cleaned_data["organization"], definition, request.user)
+            obj.pk = created.pk
+            obj.refresh_from_db()
+
+    @admin.action(description="Publish selected workflows")
+    def publish_selected(self, request, queryset):
+        published = 0
+        for workflow in queryset:
+            if not has_role(request.user, workflow.organization, CAN_EDIT):
+                messages.error(request, f"{workflow.slug}: publishing needs the editor role.")
+                continue
+            version = publish_workflow(workflow, request.user)
+            published += 1
+            messages.success(request, f"{workflow.slug}: version {version.number} is live.")
+        if not published:
+            messages.warning(request, "Nothing was published.")
+
+    def get_urls(self):
+        custom = [
+            path("<int:pk>/publish/", self.admin_site.admin_view(self.publish_view), name="workflows_workflow_publish"),
+            path("<int:pk>/run/", self.admin_site.admin_view(self.run_view), name="workflows_workflow_run"),
+        ]
+        return custom + super().get_urls()
+
+    def _workflow(self, request, pk: int) -> Workflow:
+        return get_object_or_404(self.get_queryset(request), pk=pk)
+
+    def publish_view(self, request, pk: int):
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        workflow = self._workflow(request, pk)
+        if not has_role(request.user, workflow.organization, CAN_EDIT):
+            raise PermissionDenied("Publishing needs the editor role.")
+        try:
+            version = publish_workflow(workflow, request.user)
+        except DefinitionError as exc:
+            messages.error(request, f"Cannot publish: {exc}")
+        else:
+            messages.success(request, f"Version {version.number} of {workflow.name} is live.")
+        return redirect(reverse("admin:workflows_workflow_change", args=[workflow.pk]))
+
+    def run_view(self, request, pk: int):
+        workflow = self._workflow(request, pk)
+        if not has_role(request.user, workflow.organization, CAN_EXECUTE):
+            raise PermissionDenied("Running a workflow needs the operator role.")
+        definition = workflow.effective_definition
+        form = RunWorkflowForm(request.POST or None, initial={"variables": _variables_template(definition)})
+        if request.method == "POST" and form.is_valid():
+            try:
+                execution = trigger_workflow(workflow, variables=form.cleaned_data["variables"], user=request.user)
+            except WorkflowNotRunnable as exc:
+                form.add_error(None, str(exc))
+            except DefinitionError as exc:
+                for problem in exc.problems:
+                    form.add_error("variables", str(problem))
+            else:
+                messages.success(request, format_html("Execution #{} started.", execution.pk))
+                return redirect(reverse("admin:executions_execution_change", args=[execution.pk]))
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Run {workflow.name}",
+            "workflow": workflow,
+            "form": form,
+            "opts": self.model._meta,
+            "variables": definition.get("variables") or {},
+        }
+        return TemplateResponse(request, "admin/workflows/workflow/run.html", context)
+
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        if obj is not None:
+            context["can_publish"] = has_role(request.user, obj.organization, CAN_EDIT)
+            context["can_run"] = has_role(request.user, obj.organization, CAN_EXECUTE) and obj.current_version_id
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+
+def _variables_template(definition) -> str:
+    import yaml
+
+    variables = definition.get("variables") or {}
+    if not variables:
+        return ""
+    return yaml.safe_dump({name: spec.get("default") for name, spec in variables.items()}, sort_keys=False)

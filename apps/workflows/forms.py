@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import yaml
+from django import forms
+
+from apps.accounts.choices import CAN_EDIT
+from apps.accounts.permissions import organizations_for
+from apps.workflows.definition import (
+    DefinitionError,
+    dump_document,
+    load_yaml,
+    parse_document,
+    validate_definition,
+)
+from apps.workflows.models import Workflow
+
+
+class WorkflowDefinitionForm(forms.ModelForm):
+    """Edit the draft as YAML; every validation problem is shown with its path."""
+
+    definition = forms.CharField(
+        label="Definition (YAML or JSON)",
+        widget=forms.Textarea(attrs={"rows": 30, "class": "opsflow-code", "spellcheck": "false"}),
+        help_text="The workflow definition document. Saving validates it completely; nothing is stored on errors.",
+    )
+
+    class Meta:
+        model = Workflow
+        fields = ["organization", "is_active"]
+
+    def __init__(self, *args, user=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.fields["definition"].initial = dump_document(self.instance.draft)
+            self.fields.pop("organization", None)
+        else:
+            self.fields["organization"].queryset = organizations_for(user, CAN_EDIT)
+            self.fields["definition"].initial = STARTER
+        self.problems: list[str] = []
+
+    def clean_definition(self):
+        try:
+            document = parse_document(self.cleaned_data["definition"])
+            definition = validate_definition(document)
+        except DefinitionError as exc:
+            self.problems = [str(p) for p in exc.problems]
+            raise forms.ValidationError(self.problems) from None
+        if self.instance.pk and definition["slug"] != self.instance.slug:
+            raise forms.ValidationError(f"slug: cannot change the slug of {self.instance.slug!r}")
+        definition.pop("organization", None)
+        return definition
+
+    def clean(self):
+        cleaned = super().clean()
+        definition, organization = cleaned.get("definition"), cleaned.get("organization")
+        duplicate = (
+            not self.instance.pk and definition and organization
+            and Workflow.objects.filter(organization=organization, slug=definition["slug"]).exists()
+        )
+        if duplicate:
+            self.add_error("definition", f"slug: a workflow with slug {definition['slug']!r} already exists")
+        return cleaned
+
+
+class RunWorkflowForm(forms.Form):
+    variables = forms.CharField(
+        required=False,
+        label="Variables (YAML or JSON mapping)",
+        widget=forms.Textarea(attrs={"rows": 8, "class": "opsflow-code", "spellcheck": "false"}),
+    )
+
+    def clean_variables(self):
+        text = self.cleaned_data["variables"].strip()
+        if not text:
+            return {}
+        try:
+            value = load_yaml(text)
+        except yaml.YAMLError as exc:
+            raise forms.ValidationError(f"not valid YAML or JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise forms.ValidationError("must be a mapping of variable names to values")
+        return value
+
+
+STARTER = """slug: my-workflow
+name: My workflow
+nodes:
+  - id: hello
+    type: shell.command
+    config: {command: ["echo", "hello"]}
+edges: []
+"""
+

@@ -1,0 +1,1 @@
+"""Benchmarks: runnable scripts that print figures (see engine_overhead.py)."""

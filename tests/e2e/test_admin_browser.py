@@ -1,0 +1,80 @@
+"""The admin in a real browser (Debian's Chromium through Playwright): log in, run the demo, read its steps."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.contrib.auth import get_user_model
+
+from apps.accounts.choices import Role
+from apps.accounts.models import Membership, Organization
+from apps.executions.choices import EXECUTION_TERMINAL, ExecutionStatus
+from apps.executions.models import Execution
+from apps.workflows.definition import parse_document
+from apps.workflows.services import import_workflow
+
+CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium")
+SCREENSHOTS = Path(settings.BASE_DIR) / "var" / "screenshots"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM, reason="Chromium is not installed (apt-get install chromium)"),
+]
+
+
+@pytest.fixture
+def page(live_server):
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"  # Playwright's sync API runs an event loop here
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+        )
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        yield page
+        browser.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_operator_runs_the_demo_from_the_admin_and_reads_its_steps(live_server, page, workers):
+    org = Organization.objects.create(slug="demo", name="Demo")
+    user = get_user_model().objects.create_user("ops", password="ops-password", is_staff=True)
+    Membership.objects.create(organization=org, user=user, role=Role.OPERATOR)
+    demo = parse_document((Path(settings.BASE_DIR) / "apps/workflows/demo/portal-health.yaml").read_text())
+    demo["variables"]["base_url"]["default"] = live_server.url
+    workflow, _ = import_workflow(org, demo, publish=True)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+
+    page.goto(f"{live_server.url}/login/")
+    page.fill("#id_username", "ops")
+    page.fill("#id_password", "ops-password")
+    page.click("input[type=submit]")
+    page.goto(f"{live_server.url}/workflows/workflow/{workflow.pk}/change/")
+    page.screenshot(path=str(SCREENSHOTS / "workflow.png"), full_page=True)
+    page.click("text=Run now")
+    page.click("input[value='Run now']")
+    page.wait_for_url("**/executions/execution/*/change/")
+
+    execution = Execution.objects.get(workflow=workflow)
+    workers.drain(until=lambda: Execution.objects.get(pk=execution.pk).status in EXECUTION_TERMINAL)
+    execution.refresh_from_db()
+    assert execution.status == ExecutionStatus.COMPLETED
+
+    page.reload()
+    page.wait_for_selector(".opsflow-completed")
+    page.screenshot(path=str(SCREENSHOTS / "execution.png"), full_page=True)
+    text = page.inner_text("#execution-detail")
+    assert "COMPLETED" in text.upper()
+    assert f"{live_server.url}/healthz" in text  # the rendered input of the http.request step
+    assert '"status_code": 200' in text
+    assert "Portal answered 200 in" in text  # the shell step's stdout, via a template reference
+    page.goto(f"{live_server.url}/executions/execution/")
+    page.screenshot(path=str(SCREENSHOTS / "executions.png"), full_page=True)
+    assert page.locator(".opsflow-completed").count() == 1
