@@ -121,6 +121,7 @@ RQ = {"COMMIT_MODE": "on_db_commit"}
 OPSFLOW_OUTPUT_CAP_BYTES = env_int("OPSFLOW_OUTPUT_CAP_BYTES", 1024 * 1024, minimum=1024)
 OPSFLOW_MAX_DEFINITION_BYTES = env_int("OPSFLOW_MAX_DEFINITION_BYTES", 1024 * 1024, minimum=1024)
 OPSFLOW_MAX_BODY_BYTES = env_int("OPSFLOW_MAX_BODY_BYTES", 1024 * 1024, minimum=1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = OPSFLOW_MAX_BODY_BYTES
 OPSFLOW_LOCAL_CONTINUATION = env_bool("OPSFLOW_LOCAL_CONTINUATION", default=True)
 OPSFLOW_IE_RETRY_SCHEDULE = env_int_list(
     "OPSFLOW_IE_RETRY_SCHEDULE", [60, 600, 600, 1800, 1800, 1800, 10800, 10800]
@@ -157,8 +158,8 @@ DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "opsflow@localhost")
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",  # first, so anonymous calls get 401
         "rest_framework.authentication.SessionAuthentication",
-        "rest_framework.authentication.TokenAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],

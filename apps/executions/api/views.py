@@ -1,6 +1,7 @@
 from drf_spectacular.utils import extend_schema
 from rest_framework import viewsets
 from rest_framework.decorators import action
+from rest_framework.permissions import IsAuthenticated
 
 from apps.accounts.api.permissions import OrganizationRole
 from apps.accounts.permissions import scope_to_user
@@ -17,7 +18,7 @@ class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
     """Executions of your organizations' workflows."""
 
     filterset_class = ExecutionFilterSet
-    permission_classes = [OrganizationRole]
+    permission_classes = [IsAuthenticated, OrganizationRole]
 
     def organization_of(self, obj):
         return obj.workflow.organization

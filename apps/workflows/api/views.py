@@ -3,6 +3,7 @@ from drf_spectacular.utils import OpenApiTypes, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
+from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 
 from apps.accounts.api.errors import Conflict, DefinitionInvalid
@@ -36,7 +37,7 @@ class WorkflowViewSet(
     filterset_class = WorkflowFilterSet
     lookup_field = "slug"
     lookup_value_regex = "[a-z0-9-]+"
-    permission_classes = [OrganizationRole]
+    permission_classes = [IsAuthenticated, OrganizationRole]
     action_roles = {
         "partial_update": CAN_EDIT, "destroy": CAN_EDIT, "draft": CAN_EDIT, "publish": CAN_EDIT,
         "trigger": CAN_EXECUTE,
