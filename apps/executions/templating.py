@@ -7,10 +7,11 @@ documented error `Missing variable: nodes.check.output.body`.
 from __future__ import annotations
 
 import re
+import threading
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, UndefinedError
+from jinja2.sandbox import SandboxedEnvironment, SecurityError
 
 from apps.executions.errors import DataError
 
@@ -18,25 +19,38 @@ _WHOLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>.*)\}\}\s*$", re.DOTALL)
 
 
 class ScopedDict(dict):
-    """A dict that knows where it sits in the template context."""
+    """A dict that knows where it sits in the template context.
 
-    __slots__ = ("path",)
+    The path lives in an underscore attribute: the sandbox never exposes those, so a data key
+    named `path` (or `items`) is never shadowed by our bookkeeping.
+    """
+
+    __slots__ = ("_scope_path",)
 
 
 class ScopedList(list):
-    __slots__ = ("path",)
+    __slots__ = ("_scope_path",)
 
 
 def scoped(value: Any, path: str) -> Any:
     if isinstance(value, dict):
         out = ScopedDict((k, scoped(v, f"{path}.{k}" if path else str(k))) for k, v in value.items())
-        out.path = path
+        out._scope_path = path
         return out
     if isinstance(value, list):
         out_list = ScopedList(scoped(v, f"{path}[{i}]") for i, v in enumerate(value))
-        out_list.path = path
+        out_list._scope_path = path
         return out_list
     return value
+
+
+class _At:
+    """Stands in as the parent of a missing name read below a plain value (a string, a number)."""
+
+    __slots__ = ("_scope_path",)
+
+    def __init__(self, path: str):
+        self._scope_path = path
 
 
 class PathUndefined(StrictUndefined):
@@ -46,13 +60,15 @@ class PathUndefined(StrictUndefined):
 
     @property
     def missing_path(self) -> str:
-        parent = getattr(self._undefined_obj, "path", None)
+        parent = getattr(self._undefined_obj, "_scope_path", None)
         name = self._undefined_name
         if parent and name is not None:
             return f"{parent}[{name}]" if isinstance(name, int) else f"{parent}.{name}"
         return str(name) if name is not None else "?"
 
     def _fail_with_undefined_error(self, *args, **kwargs):
+        if self._undefined_exception is not None and issubclass(self._undefined_exception, SecurityError):
+            raise DataError(f"Unsafe template: {self._undefined_hint}")
         raise DataError(f"Missing variable: {self.missing_path}")
 
     __str__ = __iter__ = __len__ = __bool__ = __eq__ = __ne__ = __hash__ = _fail_with_undefined_error  # type: ignore[assignment]
@@ -60,8 +76,39 @@ class PathUndefined(StrictUndefined):
     __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __contains__ = __int__ = __float__ = _fail_with_undefined_error  # type: ignore[assignment]
 
 
-_env = SandboxedEnvironment(undefined=PathUndefined, autoescape=False, keep_trailing_newline=True)
-_env.filters["tojson_compact"] = lambda v: __import__("json").dumps(v, default=str)
+class _Environment(SandboxedEnvironment):
+    """Data keys win over dict/list attributes, and paths survive below plain values."""
+
+    _last = threading.local()
+
+    def getattr(self, obj, attribute):
+        if isinstance(obj, ScopedDict) and attribute in obj:
+            return self._remember(obj[attribute], f"{obj._scope_path}.{attribute}")
+        return self._located(obj, attribute, super().getattr(obj, attribute))
+
+    def getitem(self, obj, argument):
+        if isinstance(obj, ScopedDict) and isinstance(argument, str) and argument in obj:
+            return self._remember(obj[argument], f"{obj._scope_path}.{argument}")
+        value = super().getitem(obj, argument)
+        if isinstance(obj, ScopedList) and isinstance(argument, int) and not isinstance(value, Undefined):
+            return self._remember(value, f"{obj._scope_path}[{argument}]")
+        return self._located(obj, argument, value)
+
+    def _remember(self, value, path: str):
+        if not isinstance(value, ScopedDict | ScopedList):
+            self._last.entry = (id(value), path)
+        return value
+
+    def _located(self, obj, name, value):
+        """An undefined read from a plain value gets the path that value was read from."""
+        if isinstance(value, Undefined) and not isinstance(obj, ScopedDict | ScopedList):
+            entry = getattr(self._last, "entry", None)
+            if entry and entry[0] == id(obj):
+                return self.undefined(obj=_At(entry[1]), name=name)
+        return value
+
+
+_env = _Environment(undefined=PathUndefined, autoescape=False, keep_trailing_newline=True)
 
 
 def has_template(text: str) -> bool:
@@ -71,7 +118,7 @@ def has_template(text: str) -> bool:
 def template_problem(text: str) -> str | None:
     """The syntax problem of a template string, or None if it parses."""
     try:
-        _env.parse(text)
+        _env.compile(text)  # compiling also rejects unknown filters and tests
     except TemplateSyntaxError as exc:
         return f"template does not parse: {exc.message} (line {exc.lineno})"
     return None
@@ -92,9 +139,14 @@ def expression_problem(expression: str) -> str | None:
 
 def evaluate_expression(expression: str, context: dict[str, Any]) -> Any:
     """Evaluate an expression (with or without surrounding braces) to a native value."""
-    compiled = _env.compile_expression(_strip_braces(expression), undefined_to_none=False)
+    try:
+        compiled = _env.compile_expression(_strip_braces(expression), undefined_to_none=False)
+    except TemplateSyntaxError as exc:
+        raise DataError(f"Template does not parse: {exc.message}") from exc
     try:
         value = compiled(**context)
+    except SecurityError as exc:
+        raise DataError(f"Unsafe template: {exc}") from exc
     except UndefinedError as exc:
         raise DataError(f"Missing variable: {exc.message}") from exc
     if isinstance(value, PathUndefined):
@@ -124,6 +176,8 @@ def render_value(value: Any, context: dict[str, Any]) -> Any:
             return evaluate_expression(match.group("expr"), context)
         try:
             return _env.from_string(value).render(**context)
+        except SecurityError as exc:
+            raise DataError(f"Unsafe template: {exc}") from exc
         except UndefinedError as exc:
             raise DataError(f"Missing variable: {exc.message}") from exc
         except TemplateSyntaxError as exc:

@@ -115,7 +115,7 @@ class _Validator:
             self.add("", "the definition must be a mapping with slug, name, nodes and edges")
             raise DefinitionError(self.problems)
         out = copy.deepcopy(doc)
-        for key in sorted(set(doc) - TOP_LEVEL_KEYS):
+        for key in sorted(set(doc) - TOP_LEVEL_KEYS, key=str):
             self.add(str(key), "unknown field")
 
         slug = doc.get("slug")
@@ -251,15 +251,16 @@ class _Validator:
                 config = {}
             if node_type is None:
                 self.add(f"{path}.type", "required")
-            elif node_type not in REGISTRY:
+            elif not isinstance(node_type, str) or node_type not in REGISTRY:
                 self.add(f"{path}.type", f"unknown node type {node_type!r}; known: {', '.join(sorted(REGISTRY))}")
             if not isinstance(config, dict):
                 self.add(f"{path}.config", "must be a mapping")
                 config = {}
-            elif node_type in REGISTRY:
+            elif isinstance(node_type, str) and node_type in REGISTRY:
                 for key, message in REGISTRY[node_type].check_config(config):
                     self.add(f"{path}.config.{key}", message)
-            raw_keys = REGISTRY[node_type].raw_keys if node_type in REGISTRY else frozenset()
+            known_type = isinstance(node_type, str) and node_type in REGISTRY
+            raw_keys = REGISTRY[node_type].raw_keys if known_type else frozenset()
             for sub, text in iter_template_strings({k: v for k, v in config.items() if k not in raw_keys}):
                 problem = template_problem(text)
                 if problem:
@@ -295,7 +296,7 @@ class _Validator:
         if not isinstance(retry, dict):
             self.add(path, "must be a mapping with max_retries, delay, backoff, max_delay")
             return out
-        for key in sorted(set(retry) - set(out)):
+        for key in sorted(set(retry) - set(out), key=str):
             self.add(f"{path}.{key}", "unknown field")
         out.update({k: v for k, v in retry.items() if k in out})
         if not _is_int(out["max_retries"]) or not 0 <= out["max_retries"] <= 50:
@@ -331,13 +332,13 @@ class _Validator:
                 if value is None:
                     self.add(f"{path}.{key}", "required")
                     ok = False
-                elif value not in by_id:
+                elif not isinstance(value, str) or value not in by_id:
                     self.add(f"{path}.{key}", f"no node with id {value!r}")
                     ok = False
-            if on not in EDGE_ON:
+            if not isinstance(on, str) or on not in EDGE_ON:
                 self.add(f"{path}.on", f"must be one of {', '.join(EDGE_ON)}")
                 ok = False
-            elif ok and by_id[source]["type"] in REGISTRY:
+            elif ok and isinstance(by_id[source]["type"], str) and by_id[source]["type"] in REGISTRY:
                 produces = REGISTRY[by_id[source]["type"]].outcomes | {"always"}
                 if on not in produces:
                     self.add(

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
+from django.conf import settings
 
 from apps.executions import errors
 from apps.executions.nodes.base import NodeContext, NodeType, Problem, cap_text, register
@@ -15,13 +18,35 @@ METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}
 
 
 def _retry_after(response: httpx.Response) -> float | None:
+    """Retry-After in seconds, given as a number or as an HTTP date (RFC 9110 §10.2.3)."""
     value = response.headers.get("retry-after")
     if not value:
         return None
     try:
         return max(float(value), 0.0)
     except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
+
+
+def _read_capped(response: httpx.Response, deadline: float, cap: int) -> tuple[bytes, bool]:
+    """Read the body up to the cap, stopping at the node's deadline for the whole request."""
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_bytes():
+        if time.monotonic() > deadline:
+            raise httpx.ReadTimeout("the whole request took longer than the node timeout")
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > cap:
+            return b"".join(chunks)[:cap], True
+    return b"".join(chunks), False
 
 
 def error_for_status(status: int) -> type[errors.NodeError]:
@@ -91,9 +116,14 @@ class HttpRequestNode(NodeType):
             request["content"] = str(config["body"]).encode()
         timeout = ctx.timeout or self.default_timeout
         started = time.perf_counter()
+        deadline = time.monotonic() + timeout
+        cap = settings.OPSFLOW_OUTPUT_CAP_BYTES
         try:
-            with httpx.Client(timeout=timeout, follow_redirects=bool(config.get("follow_redirects", True))) as client:
-                response = client.request(**request)
+            with (
+                httpx.Client(timeout=timeout, follow_redirects=bool(config.get("follow_redirects", True))) as client,
+                client.stream(**request) as response,
+            ):
+                content, truncated = _read_capped(response, deadline, cap)
         except httpx.TimeoutException as exc:
             raise errors.ModuleTimeoutError(f"HTTP request timed out after {timeout:g}s: {exc}") from exc
         except httpx.InvalidURL as exc:
@@ -102,7 +132,7 @@ class HttpRequestNode(NodeType):
             raise errors.ConnectionError(f"Could not connect to {url}: {exc}") from exc
         elapsed_ms = int((time.perf_counter() - started) * 1000)
 
-        body, truncated = cap_text(response.content)
+        body, _ = cap_text(content)
         output: dict[str, Any] = {
             "status_code": response.status_code,
             "headers": dict(response.headers),

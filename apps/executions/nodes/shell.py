@@ -6,7 +6,10 @@ import contextlib
 import os
 import signal
 import subprocess
+import tempfile
 from typing import Any
+
+from django.conf import settings
 
 from apps.executions import errors
 from apps.executions.nodes.base import NodeContext, NodeType, Problem, cap_text, register
@@ -48,39 +51,44 @@ class ShellCommandNode(NodeType):
             raise errors.InvalidConfigurationError("command must be a non-empty list")
         env = {**os.environ, **{str(k): str(v) for k, v in (config.get("env") or {}).items()}}
         timeout = ctx.timeout or self.default_timeout
-        try:
-            process = subprocess.Popen(
-                [str(a) for a in argv],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                stdin=subprocess.DEVNULL,
-                cwd=config.get("cwd") or None,
-                env=env,
-                start_new_session=True,  # its own process group, so a timeout kills every child
-            )
-        except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
-            raise errors.InvalidConfigurationError(f"Cannot run {argv[0]!r}: {exc}") from exc
-        try:
-            stdout, stderr = process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(process)
-            stdout, stderr = process.communicate()
-            output = self._output(stdout, stderr, None)
-            raise errors.ModuleTimeoutError(
-                f"Command timed out after {timeout:g}s; its process group was killed", output=output
-            ) from None
-        except BaseException:
-            _kill_group(process)
-            raise
-        output = self._output(stdout, stderr, process.returncode)
+        # Output is spooled to temporary files so that memory stays bounded by the cap.
+        with tempfile.TemporaryFile() as out_file, tempfile.TemporaryFile() as err_file:
+            try:
+                process = subprocess.Popen(
+                    [str(a) for a in argv],
+                    stdout=out_file,
+                    stderr=err_file,
+                    stdin=subprocess.DEVNULL,
+                    cwd=config.get("cwd") or None,
+                    env=env,
+                    start_new_session=True,  # its own process group, so a timeout kills every child
+                )
+            except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+                raise errors.InvalidConfigurationError(f"Cannot run {argv[0]!r}: {exc}") from exc
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _kill_group(process)
+                process.wait()
+                output = self._output(out_file, err_file, None)
+                raise errors.ModuleTimeoutError(
+                    f"Command timed out after {timeout:g}s; its process group was killed", output=output
+                ) from None
+            except BaseException:
+                _kill_group(process)
+                raise
+            output = self._output(out_file, err_file, process.returncode)
         if process.returncode != 0:
             raise errors.UnexpectedError(f"Command exited with status {process.returncode}", output=output)
         return output
 
     @staticmethod
-    def _output(stdout: bytes, stderr: bytes, exit_code: int | None) -> dict[str, Any]:
-        out_text, out_cut = cap_text(stdout)
-        err_text, err_cut = cap_text(stderr)
+    def _output(out_file, err_file, exit_code: int | None) -> dict[str, Any]:
+        cap = settings.OPSFLOW_OUTPUT_CAP_BYTES
+        out_file.seek(0)
+        err_file.seek(0)
+        out_text, out_cut = cap_text(out_file.read(cap + 1), cap)
+        err_text, err_cut = cap_text(err_file.read(cap + 1), cap)
         output: dict[str, Any] = {"stdout": out_text, "stderr": err_text, "exit_code": exit_code}
         if out_cut or err_cut:
             output["truncated"] = True
