@@ -23,17 +23,22 @@ from apps.workflows.models import WorkflowVersion
 JOB_TIMEOUT_MARGIN = 60
 DEFAULT_NODE_TIMEOUT = 60.0
 
-_graphs: dict[int, Graph] = {}
+_graphs: dict[tuple[int, object], Graph] = {}
 _graphs_lock = threading.Lock()
 
 
 def graph_for(version: WorkflowVersion) -> Graph:
-    """Versions are immutable, so their parsed graph is cached per process."""
-    graph = _graphs.get(version.pk)
+    """Versions are immutable, so their parsed graph is cached per process.
+
+    The key includes the creation time: a primary key alone can be reused after a rollback or
+    a database reset, and a stale graph must never run.
+    """
+    key = (version.pk, version.created_at)
+    graph = _graphs.get(key)
     if graph is None:
         graph = Graph(version.definition)
         with _graphs_lock:
-            _graphs[version.pk] = graph
+            _graphs[key] = graph
     return graph
 
 

@@ -356,7 +356,7 @@ class _Validator:
             if ok:
                 seen.add((source, target, on))
                 out.append({"from": source, "to": target, "on": on})
-        cycle = find_cycle([n["id"] for n in nodes if n.get("id") in by_id], out)
+        cycle = find_cycle(list(by_id), out)
         if cycle:
             self.add("edges", f"the graph has a cycle: {' -> '.join(cycle)}")
         return out

@@ -13,6 +13,7 @@ from rest_framework.test import APIClient
 from apps.executions.choices import EventKind, ExecutionStatus, StepStatus, Trigger
 from apps.executions.models import Execution
 from apps.executions.services import trigger_workflow
+from apps.workflows.models import Workflow, WorkflowVersion
 from tests.factories import chain_definition, make_workflow
 
 EXECUTIONS = "/api/v1/executions/"
@@ -41,7 +42,9 @@ def greet_definition(greeting: str = "hello") -> dict[str, Any]:
             {
                 "id": "hello",
                 "type": "noop",
-                "config": {"output": {"greeting": greeting + " {{ vars.host }}", "port": "{{ vars.port }}"}},
+                "config": {
+                    "output": {"greeting": greeting + " {{ vars.host }}", "port": "{{ vars.port }}"}
+                },
             },
             {
                 "id": "echo",
@@ -77,6 +80,7 @@ def detail_paths(response) -> set[str]:
 def ids_of(response) -> set[int]:
     assert response.status_code == 200, response.content
     return {item["id"] for item in response.json()["results"]}
+
 
 
 @pytest.fixture
@@ -129,9 +133,13 @@ def test_a_triggered_run_completes_and_its_detail_shows_steps_with_resolved_refe
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_events_endpoint_lists_the_execution_log_oldest_first(operator, greet, api_for, workers):
+def test_the_events_endpoint_lists_the_execution_log_oldest_first(
+    operator, greet, api_for, workers
+):
     client = api_for(operator)
-    created = client.post(trigger_url("greet"), {"variables": {"host": "web1"}}, format="json").json()
+    created = client.post(
+        trigger_url("greet"), {"variables": {"host": "web1"}}, format="json"
+    ).json()
     workers.run_to_end(Execution.objects.get(pk=created["id"]))
 
     response = client.get(execution_url(created["id"], "events"))
@@ -157,7 +165,9 @@ def test_a_run_keeps_the_version_it_was_created_with_after_a_new_publish(
     editor, greet, api_for, workers
 ):
     client = api_for(editor)
-    created = client.post(trigger_url("greet"), {"variables": {"host": "web1"}}, format="json").json()
+    created = client.post(
+        trigger_url("greet"), {"variables": {"host": "web1"}}, format="json"
+    ).json()
     draft = client.put("/api/v1/workflows/greet/draft/", greet_definition("goodbye"), format="json")
     assert draft.status_code == 200, draft.content
     publish = client.post("/api/v1/workflows/greet/publish/")
@@ -172,6 +182,29 @@ def test_a_run_keeps_the_version_it_was_created_with_after_a_new_publish(
     assert hello["output"]["greeting"] == "hello web1"
     later = client.post(trigger_url("greet"), {"variables": {"host": "web1"}}, format="json")
     assert later.json()["version"] == 2
+
+
+def test_a_run_follows_its_own_versions_definition_even_when_a_version_id_is_reused(
+    org, operator, api_for
+):
+    old = make_workflow(org, chain_definition("old", 1))
+    reused_pk = old.current_version_id
+    trigger_workflow(old)  # the engine parses and caches the graph of version `reused_pk`
+    Execution.objects.filter(workflow=old).delete()
+    old.delete()
+    greet = make_workflow(org, greet_definition(), publish=False)
+    version = WorkflowVersion.objects.create(
+        pk=reused_pk, workflow=greet, number=1, definition=greet.draft
+    )
+    Workflow.objects.filter(pk=greet.pk).update(current_version=version)
+
+    response = api_for(operator).post(
+        trigger_url("greet"), {"variables": {"host": "web1"}}, format="json"
+    )
+
+    assert response.status_code == 201, response.content
+    steps = Execution.objects.get(pk=response.json()["id"]).steps
+    assert list(steps.values_list("node_id", flat=True)) == ["hello"]
 
 
 def test_trigger_with_a_missing_required_variable_answers_400_and_creates_nothing(
@@ -201,7 +234,9 @@ def test_trigger_with_a_variable_of_the_wrong_type_answers_400_and_creates_nothi
     [{"variables": "host=web1"}, {"variables": [1, 2]}, [], "variables"],
     ids=["string-variables", "list-variables", "list-body", "string-body"],
 )
-def test_trigger_with_a_malformed_body_answers_400_and_creates_nothing(operator, greet, api_for, body):
+def test_trigger_with_a_malformed_body_answers_400_and_creates_nothing(
+    operator, greet, api_for, body
+):
     response = api_for(operator).post(trigger_url("greet"), body, format="json")
 
     assert response.status_code == 400, response.content
@@ -222,7 +257,9 @@ def test_trigger_with_a_body_that_is_not_json_answers_400(operator, greet, api_f
 def test_trigger_of_a_never_published_workflow_answers_409(operator, org, api_for):
     make_workflow(org, greet_definition(), publish=False)
 
-    response = api_for(operator).post(trigger_url("greet"), {"variables": {"host": "web1"}}, format="json")
+    response = api_for(operator).post(
+        trigger_url("greet"), {"variables": {"host": "web1"}}, format="json"
+    )
 
     assert response.status_code == 409, response.content
     assert error_of(response)["code"] == "conflict"
@@ -233,7 +270,9 @@ def test_trigger_of_an_inactive_workflow_answers_409(operator, greet, api_for):
     greet.is_active = False
     greet.save(update_fields=["is_active"])
 
-    response = api_for(operator).post(trigger_url("greet"), {"variables": {"host": "web1"}}, format="json")
+    response = api_for(operator).post(
+        trigger_url("greet"), {"variables": {"host": "web1"}}, format="json"
+    )
 
     assert response.status_code == 409, response.content
     error_of(response)
@@ -256,7 +295,9 @@ def three_runs(org, greet):
     completed.mark_running()
     completed.complete()
     Execution.objects.filter(pk=running.pk).update(started_at=datetime(2025, 1, 1, 10, tzinfo=UTC))
-    Execution.objects.filter(pk=completed.pk).update(started_at=datetime(2025, 1, 2, 10, tzinfo=UTC))
+    Execution.objects.filter(pk=completed.pk).update(
+        started_at=datetime(2025, 1, 2, 10, tzinfo=UTC)
+    )
     return running, completed, pending
 
 
@@ -274,6 +315,15 @@ def test_the_list_is_paginated_and_shows_the_execution_fields(viewer, three_runs
         "retriggered_from",
     ):  # fmt: skip
         assert field in first, field
+
+
+
+def test_the_list_shows_the_newest_executions_first(viewer, greet, api_for):
+    created = [trigger_workflow(greet, variables={"host": f"web{i}"}).pk for i in range(4)]
+
+    response = api_for(viewer).get(EXECUTIONS)
+
+    assert [item["id"] for item in response.json()["results"]] == created[::-1]
 
 
 def test_the_list_filters_by_workflow(viewer, three_runs, api_for):
@@ -330,7 +380,9 @@ def test_the_list_filters_by_start_time(viewer, three_runs, api_for):
         ("started_before", "2025-13-45T99:00:00Z"),
     ],
 )
-def test_a_bad_filter_value_answers_400_in_the_error_shape(viewer, three_runs, api_for, name, value):
+def test_a_bad_filter_value_answers_400_in_the_error_shape(
+    viewer, three_runs, api_for, name, value
+):
     response = api_for(viewer).get(EXECUTIONS, {name: value})
 
     assert response.status_code == 400, response.content
@@ -359,7 +411,9 @@ def test_a_viewer_can_read_executions_but_not_trigger(viewer, greet, api_for):
 def test_an_operator_or_higher_can_trigger(request, greet, api_for, role_user):
     user = request.getfixturevalue(role_user)
 
-    response = api_for(user).post(trigger_url("greet"), {"variables": {"host": "web1"}}, format="json")
+    response = api_for(user).post(
+        trigger_url("greet"), {"variables": {"host": "web1"}}, format="json"
+    )
 
     assert response.status_code == 201, response.content
     assert Execution.objects.get().triggered_by == user

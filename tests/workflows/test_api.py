@@ -10,6 +10,7 @@ import pytest
 
 from apps.accounts.choices import Role
 from apps.accounts.models import Membership
+from apps.executions.models import Execution
 from apps.executions.services import trigger_workflow
 from apps.workflows.models import Workflow, WorkflowVersion
 from tests.factories import chain_definition, make_user, make_workflow
@@ -90,7 +91,9 @@ def test_it_creates_a_workflow_from_a_json_definition(editor, org, api_for):
     assert workflow.current_version is None
 
 
-def test_it_lists_every_problem_of_a_bad_definition_with_its_path_and_stores_nothing(editor, api_for):
+def test_it_lists_every_problem_of_a_bad_definition_with_its_path_and_stores_nothing(
+    editor, api_for
+):
     document = deploy_definition(
         trigger={"type": "cron", "schedule": "every tuesday"},
         nodes=[{"id": "check", "type": "noop"}, {"id": "restart", "type": "teleport"}],
@@ -161,7 +164,9 @@ def test_it_answers_400_in_the_error_shape_to_a_body_that_is_not_json(editor, ap
     assert Workflow.objects.count() == 0
 
 
-@pytest.mark.parametrize("body", [[], "a string", 42, None], ids=["list", "string", "number", "null"])
+@pytest.mark.parametrize(
+    "body", [[], "a string", 42, None], ids=["list", "string", "number", "null"]
+)
 def test_it_answers_400_to_a_json_body_that_is_not_an_object(editor, api_for, body):
     response = api_for(editor).post(WORKFLOWS, json.dumps(body), content_type="application/json")
 
@@ -175,6 +180,44 @@ def test_it_answers_415_to_a_body_that_is_not_sent_as_json(editor, api_for):
 
     assert response.status_code == 415, response.content
     error_of(response)
+    assert Workflow.objects.count() == 0
+
+
+
+@pytest.mark.parametrize(
+    ("mistake", "path"),
+    [
+        pytest.param(
+            {"nodes": [{"id": "check", "type": ["noop"]}]}, "nodes[0].type", id="node-type-list"
+        ),
+        pytest.param(
+            {
+                "nodes": [
+                    {"id": {"name": "check"}, "type": "noop"},
+                    {"id": "restart", "type": "noop"},
+                ]
+            },
+            "nodes[0].id",
+            id="node-id-object",
+        ),
+        pytest.param(
+            {"edges": [{"from": ["check"], "to": "restart"}]}, "edges[0].from", id="edge-from-list"
+        ),
+        pytest.param(
+            {"edges": [{"from": "check", "to": {"id": "restart"}}]},
+            "edges[0].to",
+            id="edge-to-object",
+        ),
+    ],
+)
+def test_a_list_or_object_where_a_name_belongs_is_a_400_not_a_500(editor, api_for, mistake, path):
+    client = api_for(editor)
+    client.raise_request_exception = False
+
+    response = client.post(WORKFLOWS, deploy_definition(**mistake), format="json")
+
+    assert response.status_code == 400, response.content
+    assert path in detail_paths(response)
     assert Workflow.objects.count() == 0
 
 
@@ -221,7 +264,9 @@ def test_putting_a_valid_draft_replaces_it_without_publishing(editor, deploy, ap
     assert deploy.current_version.definition["nodes"][1]["config"] == {}
 
 
-def test_putting_an_invalid_draft_lists_its_problems_and_keeps_the_old_draft(editor, deploy, api_for):
+def test_putting_an_invalid_draft_lists_its_problems_and_keeps_the_old_draft(
+    editor, deploy, api_for
+):
     before = copy.deepcopy(deploy.draft)
     broken = deploy_definition(
         nodes=[{"id": "check", "type": "noop"}, {"id": "check", "type": "noop"}],
@@ -279,7 +324,10 @@ def test_publishing_numbers_versions_one_then_two_after_a_draft_change(editor, o
     assert second.json()["version"] == 2
     assert second.json()["definition"]["name"] == "Deploy web v2"
     assert client.get(workflow_url("deploy")).json()["published_version"] == 2
-    assert list(WorkflowVersion.objects.order_by("number").values_list("number", flat=True)) == [1, 2]
+    assert list(WorkflowVersion.objects.order_by("number").values_list("number", flat=True)) == [
+        1,
+        2,
+    ]
 
 
 def test_publishing_an_unchanged_draft_makes_no_new_version(editor, deploy, api_for):
@@ -343,8 +391,17 @@ def test_patching_a_field_that_cannot_change_answers_400_and_changes_nothing(
     assert (deploy.slug, deploy.name) == ("deploy", "Deploy web")
 
 
+def test_patching_only_an_unknown_field_answers_400(editor, deploy, api_for):
+    response = api_for(editor).patch(workflow_url("deploy"), {"owner": "mallory"}, format="json")
+
+    assert response.status_code == 400, response.content
+    assert detail_paths(response) == {"owner"}
+
+
 def test_patching_with_a_value_of_the_wrong_type_answers_400(editor, deploy, api_for):
-    response = api_for(editor).patch(workflow_url("deploy"), {"is_active": "perhaps"}, format="json")
+    response = api_for(editor).patch(
+        workflow_url("deploy"), {"is_active": "perhaps"}, format="json"
+    )
 
     assert response.status_code == 400, response.content
     assert detail_paths(response) == {"is_active"}
@@ -381,19 +438,15 @@ def test_a_role_below_editor_cannot_delete_a_workflow(request, deploy, api_for, 
     assert Workflow.objects.filter(pk=deploy.pk).exists()
 
 
-def test_deleting_a_workflow_that_has_executions_answers_in_the_4xx_range_or_deletes_them(
-    editor, deploy, api_for
-):
-    trigger_workflow(deploy, variables={"host": "web1"})
+def test_deleting_a_workflow_that_has_executions_answers_409_and_keeps_it(editor, deploy, api_for):
+    execution = trigger_workflow(deploy, variables={"host": "web1"})
 
     response = api_for(editor).delete(workflow_url("deploy"))
 
-    assert response.status_code in (204, 409), response.content
-    if response.status_code == 409:
-        error_of(response)
-        assert Workflow.objects.filter(pk=deploy.pk).exists()
-    else:
-        assert not Workflow.objects.filter(pk=deploy.pk).exists()
+    assert response.status_code == 409, response.content
+    assert error_of(response)["code"] == "conflict"
+    assert Workflow.objects.filter(pk=deploy.pk).exists()
+    assert Execution.objects.filter(pk=execution.pk).exists()
 
 
 # --- other organizations ---
@@ -415,7 +468,9 @@ def test_a_member_of_another_organization_gets_404_and_changes_nothing(
 ):
     draft_before = copy.deepcopy(deploy.draft)
 
-    response = getattr(api_for(outsider), method)(workflow_url("deploy", action), body, format="json")
+    response = getattr(api_for(outsider), method)(
+        workflow_url("deploy", action), body, format="json"
+    )
 
     assert response.status_code == 404, response.content
     error_of(response)

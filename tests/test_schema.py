@@ -1,0 +1,107 @@
+"""The OpenAPI schema, the API docs (served without any CDN) and the health endpoints."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+import redis
+from django.core.management import call_command
+from django.test import Client
+from django.urls import resolve
+
+from apps.executions import dispatch
+
+ROUTES = {
+    "/healthz": "healthz",
+    "/readyz": "readyz",
+    "/api/v1/schema/": "schema",
+    "/api/v1/docs/": "api-docs",
+    "/api/v1/workflows/": "workflow-list",
+    "/api/v1/executions/": "execution-list",
+}
+
+CDN_MARKERS = ("cdn.", "jsdelivr", "unpkg", "cdnjs", "googleapis")
+
+
+@pytest.mark.parametrize(("path", "name"), ROUTES.items())
+def test_each_public_url_reaches_its_own_view_not_the_admins_catch_all(path, name):
+    assert resolve(path).url_name == name
+
+
+def test_the_schema_is_served_as_openapi_with_the_workflow_and_execution_paths(viewer, api_for):
+    response = api_for(viewer).get("/api/v1/schema/", {"format": "json"})
+
+    assert response.status_code == 200, response.content
+    schema = response.json()
+    assert schema["openapi"].startswith("3.")
+    assert schema["info"]["title"] == "Opsflow API"
+    for path in (
+        "/api/v1/workflows/",
+        "/api/v1/workflows/{slug}/",
+        "/api/v1/workflows/{slug}/draft/",
+        "/api/v1/workflows/{slug}/publish/",
+        "/api/v1/workflows/{slug}/versions/",
+        "/api/v1/workflows/{slug}/trigger/",
+        "/api/v1/executions/",
+        "/api/v1/executions/{id}/",
+        "/api/v1/executions/{id}/events/",
+    ):
+        assert path in schema["paths"], path
+    execution_filters = {
+        p["name"] for p in schema["paths"]["/api/v1/executions/"]["get"]["parameters"]
+    }
+    assert {"workflow", "status", "trigger", "started_after", "started_before"} <= execution_filters
+
+
+def test_the_schema_command_produces_a_valid_openapi_document(tmp_path):
+    target = tmp_path / "schema.yaml"
+
+    call_command("spectacular", "--validate", "--file", str(target))
+
+    assert target.read_text().startswith("openapi: 3.")
+
+
+def test_the_docs_page_loads_its_assets_from_this_server_not_a_cdn(viewer, api_for):
+    client = api_for(viewer)
+
+    response = client.get("/api/v1/docs/")
+
+    assert response.status_code == 200, response.content
+    html = response.content.decode()
+    for marker in CDN_MARKERS:
+        assert marker not in html, marker
+    assets = re.findall(r"""(?:src|href)=["']([^"']+\.(?:js|css))["']""", html)
+    assert any("swagger-ui" in asset for asset in assets), assets
+    for asset in assets:
+        assert asset.startswith("/"), asset
+        served = Client().get(asset)
+        assert served.status_code == 200, asset
+        served.close()
+
+
+def test_healthz_answers_200_without_authentication():
+    response = Client().get("/healthz")
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+@pytest.mark.django_db
+def test_readyz_reports_the_database_and_redis_reachable(redis_conn):
+    response = Client().get("/readyz")
+
+    assert response.status_code == 200, response.content
+    assert response.json() == {"status": "ok", "checks": {"database": True, "redis": True}}
+
+
+@pytest.mark.django_db
+def test_readyz_answers_503_when_redis_is_unreachable(redis_conn, monkeypatch):
+    unreachable = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
+    monkeypatch.setattr(dispatch, "_connection", (os.getpid(), unreachable))
+
+    response = Client().get("/readyz")
+
+    assert response.status_code == 503, response.content
+    assert response.json()["checks"] == {"database": True, "redis": False}
