@@ -16,4 +16,6 @@ def hop(remaining: int, options: dict) -> None:
     if remaining <= 1:
         return
     job = get_current_job()
-    Queue(job.origin, connection=job.connection).enqueue(HOP_FUNC, remaining - 1, options, **options)
+    Queue(job.origin, connection=job.connection).enqueue(
+        HOP_FUNC, remaining - 1, options, **options
+    )

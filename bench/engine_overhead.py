@@ -31,6 +31,7 @@ import statistics
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -112,7 +113,9 @@ def configure_environment(args: argparse.Namespace) -> tuple[str, str]:
         db_label = ensure_postgres_database(os.environ["DATABASE_URL"])
     else:
         os.environ.setdefault("OPSFLOW_VAR_DIR", str(REPO / "var" / "bench"))
-        db_label = f"sqlite {Path(os.environ['OPSFLOW_VAR_DIR']) / 'opsflow.sqlite3'} (embedded default)"
+        db_label = (
+            f"sqlite {Path(os.environ['OPSFLOW_VAR_DIR']) / 'opsflow.sqlite3'} (embedded default)"
+        )
     if os.environ.get("REDIS_URL"):
         os.environ["REDIS_URL"] = bench_redis_url(os.environ["REDIS_URL"], args.redis_db)
         redis_label = os.environ["REDIS_URL"]
@@ -155,9 +158,11 @@ def main() -> int:
 
     # Imported only now: they need the app registry.
     import rq
+    from django.conf import settings
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
     from rq import Queue, SimpleWorker
+    from rq.job import Job
     from rq.registry import FailedJobRegistry
 
     from apps.executions import dispatch
@@ -197,7 +202,7 @@ def main() -> int:
         node["queue"] = queue_name  # a queue of its own: no other worker can take these jobs
     workflow = make_workflow(org, definition)
 
-    raw_options = {
+    raw_options = {  # what dispatch.enqueue_step passes for a noop node
         "job_timeout": 120,
         "result_ttl": 0,
         "failure_ttl": dispatch.FAILURE_TTL,
@@ -207,8 +212,11 @@ def main() -> int:
         registry = FailedJobRegistry(queue_name, connection=conn)
         lines = []
         for job_id in registry.get_job_ids()[:3]:
-            job = rq.job.Job.fetch(job_id, connection=conn)
-            lines.append(f"  failed job {job_id}: {job.description}\n{job.latest_result().exc_string}")
+            job = Job.fetch(job_id, connection=conn)
+            result = job.latest_result()
+            lines.append(
+                f"  failed job {job_id}: {job.description}\n{result and result.exc_string}"
+            )
         return "\n".join(lines)
 
     def check_execution(execution: Execution) -> None:
@@ -256,14 +264,17 @@ def main() -> int:
         worker.work(burst=True, logging_level="WARNING")
         return time.perf_counter() - start, worker.jobs_run
 
-    def measure(series: Series, run) -> Series:
+    def measure(modes: list[tuple[Series, Callable[[], tuple[float, int]]]]) -> None:
+        """Warm up every mode, then run the modes in rounds, so a burst of load on the machine
+        falls on all of them alike and the ratios stay fair."""
         for _ in range(args.warmup):
-            run()
+            for _, run in modes:
+                run()
         for _ in range(args.runs):
-            wall, jobs = run()
-            series.walls.append(wall)
-            series.jobs.append(jobs)
-        return series
+            for series, run in modes:
+                wall, jobs = run()
+                series.walls.append(wall)
+                series.jobs.append(jobs)
 
     def sql_per_step(worker_cls) -> tuple[float, Counter]:
         """One extra, untimed run with the queries captured (capturing slows the run down)."""
@@ -275,25 +286,19 @@ def main() -> int:
     results: list[Series] = []
     profile_text = ""
     try:
-        local = measure(
-            Series("engine, local continuation (default)", "AgentWorker", args.steps),
-            lambda: engine_run(BenchAgentWorker),
-        )
-        via_redis = measure(
-            Series("engine, every step via Redis", "SimpleWorker subclass", args.steps),
-            lambda: engine_run(RedisOnlyWorker),
-        )
-        raw_agent = measure(
-            Series("raw RQ chain (job enqueues next)", "AgentWorker", args.steps),
-            lambda: raw_run(BenchAgentWorker),
-        )
-        raw_simple = measure(
-            Series("raw RQ chain (job enqueues next)", "SimpleWorker subclass", args.steps),
-            lambda: raw_run(RedisOnlyWorker),
-        )
-        empty = measure(
-            Series("empty burst (worker start/stop only)", "AgentWorker", 0),
-            lambda: empty_run(BenchAgentWorker),
+        local = Series("engine, local continuation (default)", "AgentWorker", args.steps)
+        via_redis = Series("engine, every step via Redis", "SimpleWorker subclass", args.steps)
+        raw_agent = Series("raw RQ chain (job enqueues next)", "AgentWorker", args.steps)
+        raw_simple = Series("raw RQ chain (job enqueues next)", "SimpleWorker subclass", args.steps)
+        empty = Series("empty burst (worker start/stop only)", "AgentWorker", 0)
+        measure(
+            [
+                (local, lambda: engine_run(BenchAgentWorker)),
+                (via_redis, lambda: engine_run(RedisOnlyWorker)),
+                (raw_agent, lambda: raw_run(BenchAgentWorker)),
+                (raw_simple, lambda: raw_run(RedisOnlyWorker)),
+                (empty, lambda: empty_run(BenchAgentWorker)),
+            ]
         )
         results = [local, via_redis, raw_agent, raw_simple, empty]
         sql_local = sql_per_step(BenchAgentWorker)
@@ -309,10 +314,11 @@ def main() -> int:
     print()
     print(
         f"Opsflow engine overhead: {args.steps}-node sequential noop chain, "
-        f"median of {args.runs} runs after {args.warmup} warm-up"
+        f"median of {args.runs} runs after {args.warmup} warm-up (modes interleaved per round)"
     )
     print(f"  database : {db_label} (vendor {connection.vendor})")
     print(f"  redis    : {redis_label}, queue {queue_name}")
+    print(f"  settings : OPSFLOW_LOCAL_CONTINUATION={settings.OPSFLOW_LOCAL_CONTINUATION}")
     print(
         f"  versions : Python {sys.version.split()[0]}, Django {dj.get_version()}, rq {rq.__version__}"
     )

@@ -6,6 +6,8 @@ Everything here runs under the execution's row lock, held by the caller (service
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 from typing import Any
@@ -15,7 +17,7 @@ from django.utils import timezone
 
 from apps.executions.choices import STEP_FAILED, STEP_FINISHED, STEP_OPEN, EventKind, StepStatus
 from apps.executions.dispatch import enqueue_step
-from apps.executions.models import Execution, ExecutionEvent, Step
+from apps.executions.models import Execution, Step
 from apps.executions.nodes.base import REGISTRY
 from apps.workflows.definition import Graph
 from apps.workflows.models import WorkflowVersion
@@ -54,15 +56,32 @@ def job_timeout(node: dict[str, Any]) -> int:
     return int(node_timeout(node)) + JOB_TIMEOUT_MARGIN
 
 
-def fired_outcomes(step: Step) -> set[str]:
-    """The edge `on` values a finished step fires."""
-    if step.status == StepStatus.COMPLETED:
-        node_type = REGISTRY.get(step.node_type)
-        extra = node_type.fired(step.output or {}) if node_type else set()
+def fired_outcomes(status: str, node_type: str, output: Callable[[], Any]) -> set[str]:
+    """The edge `on` values a finished step fires. `output` is only called when the type needs it."""
+    if status == StepStatus.COMPLETED:
+        kind = REGISTRY.get(node_type)
+        extra = kind.fired(output() or {}) if kind and kind.fired_uses_output else set()
         return {"success", "always", *extra}
-    if step.status in STEP_FAILED:
+    if status in STEP_FAILED:
         return {"error", "always"}
     return set()
+
+
+@dataclass
+class NodeState:
+    """The latest attempt of one node, as light as `advance` needs it."""
+
+    step_id: int | None
+    status: str
+    node_type: str
+
+
+def node_states(execution: Execution) -> dict[str, NodeState]:
+    states: dict[str, NodeState] = {}
+    rows = execution.steps.order_by("attempt", "id").values_list("id", "node_id", "status", "node_type")
+    for step_id, node_id, status, node_type in rows:
+        states[node_id] = NodeState(step_id, status, node_type)
+    return states
 
 
 def latest_steps(execution: Execution) -> dict[str, Step]:
@@ -96,15 +115,10 @@ def dispatch(execution: Execution, graph: Graph, node_ids: list[str], local_queu
             not_before = now + timedelta(seconds=float(node["config"].get("seconds", 0)))
         steps.append(Step.new_dispatched(execution, node, not_before=not_before))
     Step.objects.bulk_create(steps)
-    ExecutionEvent.objects.bulk_create(
-        ExecutionEvent(
-            execution=execution, step=s, node_id=s.node_id, kind=EventKind.NODE_DISPATCHED,
-            message=f"{s.node_id} dispatched to queue {s.queue}"
-            + (f", not before {s.next_attempt_at:%H:%M:%S}" if s.next_attempt_at else ""),
-            created_at=now,
-        )
-        for s in steps
-    )
+    for s in steps:
+        wait = f", not before {s.next_attempt_at:%H:%M:%S}" if s.next_attempt_at else ""
+        execution.log(EventKind.NODE_DISPATCHED, f"{s.node_id} dispatched to queue {s.queue}{wait}",
+                      node_id=s.node_id, step=s, at=now)
     local = None
     for step in steps:
         if local is None and step.queue in local_queues and step.next_attempt_at is None:
@@ -117,40 +131,44 @@ def dispatch(execution: Execution, graph: Graph, node_ids: list[str], local_queu
     return local
 
 
-def advance(execution: Execution, graph: Graph, finished_node: str, local_queues: frozenset[str]) -> Step | None:
-    """After `finished_node` finished: dispatch or skip its successors, then maybe complete the run."""
-    latest = latest_steps(execution)
-    to_check = [e["to"] for e in graph.outgoing[finished_node]]
+def advance(execution: Execution, graph: Graph, finished: Step, local_queues: frozenset[str]) -> Step | None:
+    """After `finished` ended: dispatch or skip its node's successors, then maybe complete the run."""
+    states = node_states(execution)
+
+    def fired(node_id: str) -> set[str]:
+        state = states[node_id]
+        if state.step_id == finished.pk:
+            return fired_outcomes(state.status, state.node_type, lambda: finished.output)
+        return fired_outcomes(
+            state.status, state.node_type,
+            lambda: Step.objects.values_list("output", flat=True).get(pk=state.step_id),
+        )
+
+    to_check = [e["to"] for e in graph.outgoing[finished.node_id]]
     ready: list[str] = []
     skipped: list[Step] = []
     while to_check:
         target = to_check.pop(0)
-        if target in latest:
+        if target in states:
             continue  # already decided: a join dispatches once
         incoming = graph.incoming[target]
-        if any(
-            e["from"] not in latest or latest[e["from"]].status not in STEP_FINISHED for e in incoming
-        ):
+        if any(e["from"] not in states or states[e["from"]].status not in STEP_FINISHED for e in incoming):
             continue  # wait for every predecessor
-        if any(e["on"] in fired_outcomes(latest[e["from"]]) for e in incoming):
+        if any(e["on"] in fired(e["from"]) for e in incoming):
             ready.append(target)
-            latest[target] = Step(node_id=target, status=StepStatus.DISPATCHED)  # placeholder
+            states[target] = NodeState(None, StepStatus.DISPATCHED, graph.nodes[target]["type"])
         else:
             step = Step.new_skipped(execution, graph.nodes[target])
             skipped.append(step)
-            latest[target] = step
+            states[target] = NodeState(None, StepStatus.SKIPPED, step.node_type)
             to_check.extend(e["to"] for e in graph.outgoing[target])
     if skipped:
         Step.objects.bulk_create(skipped)
-        ExecutionEvent.objects.bulk_create(
-            ExecutionEvent(
-                execution=execution, step=s, node_id=s.node_id, kind=EventKind.NODE_SKIPPED,
-                message=f"{s.node_id} skipped: none of its incoming edges fired",
-            )
-            for s in skipped
-        )
+        for s in skipped:
+            execution.log(EventKind.NODE_SKIPPED, f"{s.node_id} skipped: none of its incoming edges fired",
+                          node_id=s.node_id, step=s)
     local = dispatch(execution, graph, ready, local_queues) if ready else None
-    if not ready and not any(s.status in STEP_OPEN for s in latest.values()):
+    if not ready and not any(state.status in STEP_OPEN for state in states.values()):
         execution.complete()
     return local
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -94,10 +95,27 @@ class Execution(models.Model):
     # --- the event log ---
     def log(self, kind: str, message: str, *, node_id: str = "", step: Step | None = None,
             data: dict[str, Any] | None = None, at: datetime | None = None) -> ExecutionEvent:
-        return ExecutionEvent.objects.create(
+        event = ExecutionEvent(
             execution=self, kind=kind, message=message, node_id=node_id, step=step,
             data=data or {}, created_at=at or timezone.now(),
         )
+        buffer = getattr(self, "_event_buffer", None)
+        if buffer is not None:
+            buffer.append(event)
+        else:
+            event.save()
+        return event
+
+    @contextmanager
+    def batched_log(self):
+        """Events logged inside the block are inserted in one statement when it ends (a hot path)."""
+        self._event_buffer: list[ExecutionEvent] | None = []
+        try:
+            yield
+            events = self._event_buffer
+        finally:
+            self._event_buffer = None
+        ExecutionEvent.objects.bulk_create(events)
 
     # --- transitions (callers hold the execution's row lock, or rely on compare-and-swap) ---
     def mark_running(self) -> bool:

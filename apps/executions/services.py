@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -72,8 +73,9 @@ def trigger_workflow(
             retriggered_from=retriggered_from,
         )
         who = f" by {user.username}" if user and user.is_authenticated else ""
-        execution.log(EventKind.CREATED, f"Created by {trigger} trigger{who} (version {version.number})")
-        engine.dispatch(execution, graph, graph.entries)
+        with execution.batched_log():
+            execution.log(EventKind.CREATED, f"Created by {trigger} trigger{who} (version {version.number})")
+            engine.dispatch(execution, graph, graph.entries)
     return execution
 
 
@@ -107,12 +109,13 @@ def run_step_chain(step_id: int) -> None:
 
 
 def _may_continue_locally(agent: Agent | None, step: Step, ran: int) -> bool:
-    """Only while the successor's timeout still fits inside this RQ job's own timeout."""
+    """Only while the successor's own timeout, plus half the backstop margin, still fits inside
+    this RQ job's timeout: RQ's death penalty covers the whole chain run by one job."""
     if agent is None or ran >= MAX_LOCAL_STEPS_PER_JOB:
         return False
     node = engine.graph_for(step.execution.version).nodes[step.node_id]
     remaining = agent.job_timeout - (time.monotonic() - agent.job_started)
-    return engine.node_timeout(node) + engine.JOB_TIMEOUT_MARGIN < remaining
+    return engine.node_timeout(node) + engine.JOB_TIMEOUT_MARGIN / 2 < remaining
 
 
 def run_step_once(step_or_id: Step | int, agent: Agent | None) -> Step | None:
@@ -149,11 +152,11 @@ def _run_node(execution: Execution, step: Step, node: dict[str, Any], graph) -> 
     rendered: Any = None
     try:
         node_type = get_node_type(node["type"])
-        latest = engine.latest_steps(execution)
+        nodes = engine.template_nodes(engine.latest_steps(execution)) if step.node_id in graph.templated else {}
         context = build_context(
             execution.variables,
             {"type": execution.trigger, "data": execution.trigger_data},
-            engine.template_nodes(latest),
+            nodes,
             {"id": execution.pk, "started_at": execution.started_at.isoformat() if execution.started_at else None},
         )
         raw_config = node.get("config") or {}
@@ -175,23 +178,29 @@ def _run_node(execution: Execution, step: Step, node: dict[str, Any], graph) -> 
 
 def record_attempt(step: Step, attempt: Attempt, agent: Agent | None) -> Step | None:
     """Record an attempt's outcome and move the graph on, under the execution's row lock."""
-    local_queues = agent.queues if agent else frozenset()
+    local_queues = agent.queues if agent and settings.OPSFLOW_LOCAL_CONTINUATION else frozenset()
+    version = step.execution.version  # immutable: no need to read it again under the lock
     with transaction.atomic():
-        execution = Execution.objects.select_for_update().select_related("version").get(pk=step.execution_id)
+        execution = Execution.objects.select_for_update().get(pk=step.execution_id)
+        execution.version = version
         step.execution = execution
-        step.finish(attempt.status, input=attempt.input, output=attempt.output,
-                    error_type=attempt.error_type, error_message=attempt.error_message)
-        graph = engine.graph_for(execution.version)
-        _log_attempt(execution, step, attempt)
-        if execution.status not in EXECUTION_ADVANCING:
-            return None  # cancelled or failed meanwhile: the result is recorded, nothing more starts
-        if attempt.status == StepStatus.COMPLETED:
-            if step.node_type == "set":
-                execution.variables = {**execution.variables, **(attempt.output or {})}
-                execution.save(update_fields=["variables"])
-        elif not engine.handle_failure(execution, graph, step):
-            return None
-        return engine.advance(execution, graph, step.node_id, local_queues)
+        with execution.batched_log():
+            step.finish(attempt.status, input=attempt.input, output=attempt.output,
+                        error_type=attempt.error_type, error_message=attempt.error_message)
+            _log_attempt(execution, step, attempt)
+            return _route(execution, engine.graph_for(version), step, attempt, local_queues)
+
+
+def _route(execution: Execution, graph, step: Step, attempt: Attempt, local_queues: frozenset[str]) -> Step | None:
+    if execution.status not in EXECUTION_ADVANCING:
+        return None  # cancelled or failed meanwhile: the result is recorded, nothing more starts
+    if attempt.status == StepStatus.COMPLETED:
+        if step.node_type == "set":
+            execution.variables = {**execution.variables, **(attempt.output or {})}
+            execution.save(update_fields=["variables"])
+    elif not engine.handle_failure(execution, graph, step):
+        return None
+    return engine.advance(execution, graph, step, local_queues)
 
 
 def _log_attempt(execution: Execution, step: Step, attempt: Attempt) -> None:

@@ -446,6 +446,12 @@ class Graph:
             self.outgoing[edge["from"]].append(edge)
             self.incoming[edge["to"]].append(edge)
         self.entries = [n for n in self.order if not self.incoming[n]]
+        # Nodes whose config reads the template context; the others run without loading it.
+        self.templated = {
+            n["id"] for n in definition["nodes"]
+            if (n["type"] in REGISTRY and REGISTRY[n["type"]].raw_keys)
+            or any(True for _ in iter_template_strings(n.get("config") or {}))
+        }
 
     def has_error_route(self, node_id: str) -> bool:
         return any(e["on"] == "error" for e in self.outgoing[node_id])

@@ -88,7 +88,7 @@ TEMPLATES = [
 DATABASE_URL = env_str("DATABASE_URL")
 if DATABASE_URL:
     try:
-        DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+        DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
     except ValueError as exc:
         raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
 else:
@@ -97,6 +97,7 @@ else:
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": VAR_DIR / "opsflow.sqlite3",
+            "CONN_MAX_AGE": None,  # keep each thread's connection: reopening costs ~2 ms per job
             "OPTIONS": {
                 "transaction_mode": "IMMEDIATE",
                 "timeout": 20,

@@ -38,6 +38,8 @@ class NodeType:
     # Config keys that are not rendered as templates before `run` (the node renders them itself).
     raw_keys: ClassVar[frozenset[str]] = frozenset()
     default_timeout: ClassVar[float | None] = None
+    # Whether `fired()` reads the output (the engine then loads it to route the edges).
+    fired_uses_output: ClassVar[bool] = False
 
     def check_config(self, config: dict[str, Any]) -> list[Problem]:
         return []

@@ -47,6 +47,7 @@ class ConditionNode(NodeType):
     name = "condition"
     outcomes = frozenset({"true", "false", "success", "error"})
     raw_keys = frozenset({"expression"})
+    fired_uses_output = True
 
     def check_config(self, config) -> list[Problem]:
         expression = config.get("expression")
