@@ -20,9 +20,13 @@ def make_org(slug: str | None = None) -> Organization:
     return Organization.objects.create(slug=slug, name=slug.title())
 
 
-def make_user(username: str | None = None, org: Organization | None = None, role: str | None = None, **extra):
+def make_user(
+    username: str | None = None, org: Organization | None = None, role: str | None = None, **extra
+):
     username = username or f"user{next(_seq)}"
-    user = get_user_model().objects.create_user(username=username, password="pw-" + username, is_staff=True, **extra)
+    user = get_user_model().objects.create_user(
+        username=username, password="pw-" + username, is_staff=True, **extra
+    )
     if org is not None and role is not None:
         Membership.objects.create(organization=org, user=user, role=role)
     return user

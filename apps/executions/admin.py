@@ -16,7 +16,10 @@ from apps.executions.models import Execution
 def status_badge(status: str, label: str | None = None):
     colour = STATUS_COLOURS.get(status, "#6b7280")
     return format_html(
-        '<span class="opsflow-badge opsflow-{}" style="background:{}">{}</span>', status, colour, label or status
+        '<span class="opsflow-badge opsflow-{}" style="background:{}">{}</span>',
+        status,
+        colour,
+        label or status,
     )
 
 
@@ -28,7 +31,16 @@ def wants_partial(request) -> bool:
 @admin.register(Execution)
 class ExecutionAdmin(OrganizationScopedAdmin, admin.ModelAdmin):
     organization_field = "workflow__organization"
-    list_display = ["id_link", "workflow", "badge", "trigger", "started_at", "duration", "jobs", "triggered_by"]
+    list_display = [
+        "id_link",
+        "workflow",
+        "badge",
+        "trigger",
+        "started_at",
+        "duration",
+        "jobs",
+        "triggered_by",
+    ]
     list_display_links = None
     list_filter = ["status", "trigger", "workflow"]
     search_fields = ["workflow__name", "workflow__slug"]
@@ -87,7 +99,9 @@ class ExecutionAdmin(OrganizationScopedAdmin, admin.ModelAdmin):
             "live": not execution.is_terminal,
         }
         if wants_partial(request):
-            response = TemplateResponse(request, "executions/partials/_execution_detail.html", context)
+            response = TemplateResponse(
+                request, "executions/partials/_execution_detail.html", context
+            )
             if execution.is_terminal:
                 response.render()
                 stop = HttpResponseStopPolling(response.content)

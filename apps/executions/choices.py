@@ -14,14 +14,26 @@ class ExecutionStatus(models.TextChoices):
     CANCELLED = "cancelled", "Cancelled"
 
 
-EXECUTION_TERMINAL = frozenset({ExecutionStatus.COMPLETED, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED})
+EXECUTION_TERMINAL = frozenset(
+    {ExecutionStatus.COMPLETED, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED}
+)
 EXECUTION_ACTIVE = frozenset(
-    {ExecutionStatus.PENDING, ExecutionStatus.RUNNING, ExecutionStatus.RETRYING, ExecutionStatus.INTERRUPTED}
+    {
+        ExecutionStatus.PENDING,
+        ExecutionStatus.RUNNING,
+        ExecutionStatus.RETRYING,
+        ExecutionStatus.INTERRUPTED,
+    }
 )
 # States in which the engine may still start steps of the execution.
 EXECUTION_ADVANCING = frozenset(
-    {ExecutionStatus.PENDING, ExecutionStatus.RUNNING, ExecutionStatus.PAUSED, ExecutionStatus.RETRYING,
-     ExecutionStatus.INTERRUPTED}
+    {
+        ExecutionStatus.PENDING,
+        ExecutionStatus.RUNNING,
+        ExecutionStatus.PAUSED,
+        ExecutionStatus.RETRYING,
+        ExecutionStatus.INTERRUPTED,
+    }
 )
 
 
@@ -41,7 +53,13 @@ STEP_RUNNABLE = frozenset({StepStatus.PENDING, StepStatus.DISPATCHED})
 STEP_OPEN = frozenset({StepStatus.PENDING, StepStatus.DISPATCHED, StepStatus.RUNNING})
 STEP_FAILED = frozenset({StepStatus.FAILED, StepStatus.TIMEOUT})
 STEP_FINISHED = frozenset(
-    {StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.TIMEOUT, StepStatus.CANCELLED, StepStatus.SKIPPED}
+    {
+        StepStatus.COMPLETED,
+        StepStatus.FAILED,
+        StepStatus.TIMEOUT,
+        StepStatus.CANCELLED,
+        StepStatus.SKIPPED,
+    }
 )
 
 

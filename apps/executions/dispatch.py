@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import redis
 from django.conf import settings
@@ -45,7 +45,10 @@ def get_connection() -> redis.Redis:
             return _connection[1]
         if settings.REDIS_URL:
             client = redis.Redis.from_url(
-                settings.REDIS_URL, socket_timeout=None, socket_connect_timeout=5, health_check_interval=30
+                settings.REDIS_URL,
+                socket_timeout=None,
+                socket_connect_timeout=5,
+                health_check_interval=30,
             )
         else:
             import fakeredis
@@ -67,7 +70,9 @@ def get_queue(name: str) -> Queue:
     return Queue(name, connection=get_connection())
 
 
-def enqueue_step(step_id: int, queue: str, job_id: str, timeout: int, not_before: datetime | None = None) -> None:
+def enqueue_step(
+    step_id: int, queue: str, job_id: str, timeout: int, not_before: datetime | None = None
+) -> None:
     """Put `run_step(step_id)` on the node's queue (now, or at `not_before`)."""
     q = get_queue(queue)
     options = {
@@ -78,6 +83,9 @@ def enqueue_step(step_id: int, queue: str, job_id: str, timeout: int, not_before
         "description": f"run_step({step_id})",
     }
     if not_before and not_before > timezone.now():
+        # RQ scores scheduled jobs in whole seconds, rounded down: round up so it never runs early.
+        if not_before.microsecond:
+            not_before = not_before.replace(microsecond=0) + timedelta(seconds=1)
         q.enqueue_at(not_before, JOB_FUNC, step_id, **options)
     else:
         q.enqueue(JOB_FUNC, step_id, **options)

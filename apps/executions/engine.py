@@ -48,7 +48,11 @@ def node_timeout(node: dict[str, Any]) -> float:
     if node.get("timeout"):
         return float(node["timeout"])
     node_type = REGISTRY.get(node["type"])
-    return float(node_type.default_timeout if node_type and node_type.default_timeout else DEFAULT_NODE_TIMEOUT)
+    return float(
+        node_type.default_timeout
+        if node_type and node_type.default_timeout
+        else DEFAULT_NODE_TIMEOUT
+    )
 
 
 def job_timeout(node: dict[str, Any]) -> int:
@@ -78,7 +82,9 @@ class NodeState:
 
 def node_states(execution: Execution) -> dict[str, NodeState]:
     states: dict[str, NodeState] = {}
-    rows = execution.steps.order_by("attempt", "id").values_list("id", "node_id", "status", "node_type")
+    rows = execution.steps.order_by("attempt", "id").values_list(
+        "id", "node_id", "status", "node_type"
+    )
     for step_id, node_id, status, node_type in rows:
         states[node_id] = NodeState(step_id, status, node_type)
     return states
@@ -95,12 +101,23 @@ def template_nodes(latest: dict[str, Step]) -> dict[str, dict[str, Any]]:
     """`nodes.<id>` in templates: output, status and error of each node's latest attempt."""
     nodes = {}
     for node_id, step in latest.items():
-        error = {"type": step.error_type, "message": step.error_message} if step.error_type else None
-        nodes[node_id] = {"output": step.output if step.output is not None else {}, "status": step.status, "error": error}
+        error = (
+            {"type": step.error_type, "message": step.error_message} if step.error_type else None
+        )
+        nodes[node_id] = {
+            "output": step.output if step.output is not None else {},
+            "status": step.status,
+            "error": error,
+        }
     return nodes
 
 
-def dispatch(execution: Execution, graph: Graph, node_ids: list[str], local_queues: frozenset[str] = frozenset()) -> Step | None:
+def dispatch(
+    execution: Execution,
+    graph: Graph,
+    node_ids: list[str],
+    local_queues: frozenset[str] = frozenset(),
+) -> Step | None:
     """Create `dispatched` step rows and enqueue them after commit.
 
     One step on a queue this worker serves may be returned instead of enqueued, for local
@@ -117,21 +134,34 @@ def dispatch(execution: Execution, graph: Graph, node_ids: list[str], local_queu
     Step.objects.bulk_create(steps)
     for s in steps:
         wait = f", not before {s.next_attempt_at:%H:%M:%S}" if s.next_attempt_at else ""
-        execution.log(EventKind.NODE_DISPATCHED, f"{s.node_id} dispatched to queue {s.queue}{wait}",
-                      node_id=s.node_id, step=s, at=now)
+        execution.log(
+            EventKind.NODE_DISPATCHED,
+            f"{s.node_id} dispatched to queue {s.queue}{wait}",
+            node_id=s.node_id,
+            step=s,
+            at=now,
+        )
     local = None
     for step in steps:
         if local is None and step.queue in local_queues and step.next_attempt_at is None:
             local = step
             continue
         transaction.on_commit(
-            partial(enqueue_step, step.pk, step.queue, step.rq_job_id,
-                    job_timeout(graph.nodes[step.node_id]), step.next_attempt_at)
+            partial(
+                enqueue_step,
+                step.pk,
+                step.queue,
+                step.rq_job_id,
+                job_timeout(graph.nodes[step.node_id]),
+                step.next_attempt_at,
+            )
         )
     return local
 
 
-def advance(execution: Execution, graph: Graph, finished: Step, local_queues: frozenset[str]) -> Step | None:
+def advance(
+    execution: Execution, graph: Graph, finished: Step, local_queues: frozenset[str]
+) -> Step | None:
     """After `finished` ended: dispatch or skip its node's successors, then maybe complete the run."""
     states = node_states(execution)
 
@@ -140,7 +170,8 @@ def advance(execution: Execution, graph: Graph, finished: Step, local_queues: fr
         if state.step_id == finished.pk:
             return fired_outcomes(state.status, state.node_type, lambda: finished.output)
         return fired_outcomes(
-            state.status, state.node_type,
+            state.status,
+            state.node_type,
             lambda: Step.objects.values_list("output", flat=True).get(pk=state.step_id),
         )
 
@@ -152,7 +183,10 @@ def advance(execution: Execution, graph: Graph, finished: Step, local_queues: fr
         if target in states:
             continue  # already decided: a join dispatches once
         incoming = graph.incoming[target]
-        if any(e["from"] not in states or states[e["from"]].status not in STEP_FINISHED for e in incoming):
+        if any(
+            e["from"] not in states or states[e["from"]].status not in STEP_FINISHED
+            for e in incoming
+        ):
             continue  # wait for every predecessor
         if any(e["on"] in fired(e["from"]) for e in incoming):
             ready.append(target)
@@ -165,8 +199,12 @@ def advance(execution: Execution, graph: Graph, finished: Step, local_queues: fr
     if skipped:
         Step.objects.bulk_create(skipped)
         for s in skipped:
-            execution.log(EventKind.NODE_SKIPPED, f"{s.node_id} skipped: none of its incoming edges fired",
-                          node_id=s.node_id, step=s)
+            execution.log(
+                EventKind.NODE_SKIPPED,
+                f"{s.node_id} skipped: none of its incoming edges fired",
+                node_id=s.node_id,
+                step=s,
+            )
     local = dispatch(execution, graph, ready, local_queues) if ready else None
     if not ready and not any(state.status in STEP_OPEN for state in states.values()):
         execution.complete()
@@ -181,15 +219,25 @@ def handle_failure(execution: Execution, graph: Graph, step: Step) -> bool:
     """
     node = graph.nodes[step.node_id]
     if graph.has_error_route(step.node_id):
-        execution.log(EventKind.ERROR_ROUTED, f"{step.node_id} failed; following its error route",
-                      node_id=step.node_id, step=step)
+        execution.log(
+            EventKind.ERROR_ROUTED,
+            f"{step.node_id} failed; following its error route",
+            node_id=step.node_id,
+            step=step,
+        )
         return True
     if not node.get("critical", True):
-        execution.log(EventKind.ERROR_ROUTED, f"{step.node_id} failed; not critical, the run goes on",
-                      node_id=step.node_id, step=step)
+        execution.log(
+            EventKind.ERROR_ROUTED,
+            f"{step.node_id} failed; not critical, the run goes on",
+            node_id=step.node_id,
+            step=step,
+        )
         return True
     cancelled = Step.cancel_open(execution)
     for node_id in cancelled:
-        execution.log(EventKind.NODE_CANCELLED, f"{node_id} cancelled: the run failed", node_id=node_id)
+        execution.log(
+            EventKind.NODE_CANCELLED, f"{node_id} cancelled: the run failed", node_id=node_id
+        )
     execution.fail(f"{step.node_id} failed with {step.error_type}: {step.error_message}")
     return False

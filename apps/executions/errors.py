@@ -15,7 +15,9 @@ class NodeError(Exception):
 
     auto_retry: bool | None = None  # None = not an incomplete-execution class
 
-    def __init__(self, message: str, output: dict[str, Any] | None = None, retry_after: float | None = None):
+    def __init__(
+        self, message: str, output: dict[str, Any] | None = None, retry_after: float | None = None
+    ):
         super().__init__(message)
         self.message = message
         self.output = output or {}

@@ -36,7 +36,9 @@ def _ms(start: datetime | None, end: datetime | None) -> int | None:
 class ExecutionQuerySet(models.QuerySet):
     def with_counts(self) -> ExecutionQuerySet:
         return self.annotate(
-            completed_steps=models.Count("steps", filter=models.Q(steps__status=StepStatus.COMPLETED))
+            completed_steps=models.Count(
+                "steps", filter=models.Q(steps__status=StepStatus.COMPLETED)
+            )
         )
 
 
@@ -44,8 +46,15 @@ class Execution(models.Model):
     """One run of one published workflow version, created by one trigger event."""
 
     workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="executions")
-    version = models.ForeignKey(WorkflowVersion, on_delete=models.PROTECT, related_name="executions")
-    status = models.CharField(max_length=16, choices=ExecutionStatus.choices, default=ExecutionStatus.PENDING, db_index=True)
+    version = models.ForeignKey(
+        WorkflowVersion, on_delete=models.PROTECT, related_name="executions"
+    )
+    status = models.CharField(
+        max_length=16,
+        choices=ExecutionStatus.choices,
+        default=ExecutionStatus.PENDING,
+        db_index=True,
+    )
     trigger = models.CharField(max_length=16, choices=Trigger.choices, default=Trigger.MANUAL)
     trigger_data = models.JSONField(default=dict, blank=True)
     variables = models.JSONField(default=dict, blank=True)
@@ -93,11 +102,24 @@ class Execution(models.Model):
         return self.steps.filter(status=StepStatus.COMPLETED).count()
 
     # --- the event log ---
-    def log(self, kind: str, message: str, *, node_id: str = "", step: Step | None = None,
-            data: dict[str, Any] | None = None, at: datetime | None = None) -> ExecutionEvent:
+    def log(
+        self,
+        kind: str,
+        message: str,
+        *,
+        node_id: str = "",
+        step: Step | None = None,
+        data: dict[str, Any] | None = None,
+        at: datetime | None = None,
+    ) -> ExecutionEvent:
         event = ExecutionEvent(
-            execution=self, kind=kind, message=message, node_id=node_id, step=step,
-            data=data or {}, created_at=at or timezone.now(),
+            execution=self,
+            kind=kind,
+            message=message,
+            node_id=node_id,
+            step=step,
+            data=data or {},
+            created_at=at or timezone.now(),
         )
         buffer = getattr(self, "_event_buffer", None)
         if buffer is not None:
@@ -140,10 +162,17 @@ class Execution(models.Model):
         self.log(kind, message, at=now)
 
     def complete(self) -> None:
-        self._finish(ExecutionStatus.COMPLETED, EventKind.EXECUTION_COMPLETED, "Execution completed")
+        self._finish(
+            ExecutionStatus.COMPLETED, EventKind.EXECUTION_COMPLETED, "Execution completed"
+        )
 
     def fail(self, reason: str) -> None:
-        self._finish(ExecutionStatus.FAILED, EventKind.EXECUTION_FAILED, f"Execution failed: {reason}", reason)
+        self._finish(
+            ExecutionStatus.FAILED,
+            EventKind.EXECUTION_FAILED,
+            f"Execution failed: {reason}",
+            reason,
+        )
 
 
 class Step(models.Model):
@@ -153,7 +182,9 @@ class Step(models.Model):
     node_id = models.CharField(max_length=64)
     node_type = models.CharField(max_length=64)
     attempt = models.PositiveIntegerField(default=1)
-    status = models.CharField(max_length=16, choices=StepStatus.choices, default=StepStatus.PENDING, db_index=True)
+    status = models.CharField(
+        max_length=16, choices=StepStatus.choices, default=StepStatus.PENDING, db_index=True
+    )
     queue = models.CharField(max_length=64, default="default")
     worker = models.CharField(max_length=200, blank=True)
     rq_job_id = models.CharField(max_length=64, blank=True)
@@ -171,7 +202,9 @@ class Step(models.Model):
     class Meta:
         ordering = ["created_at", "id"]
         constraints = [
-            models.UniqueConstraint(fields=["execution", "node_id", "attempt"], name="unique_step_attempt"),
+            models.UniqueConstraint(
+                fields=["execution", "node_id", "attempt"], name="unique_step_attempt"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -182,21 +215,36 @@ class Step(models.Model):
         return _ms(self.started_at, self.finished_at)
 
     @classmethod
-    def new_dispatched(cls, execution: Execution, node: dict[str, Any], attempt: int = 1,
-                       not_before: datetime | None = None) -> Step:
+    def new_dispatched(
+        cls,
+        execution: Execution,
+        node: dict[str, Any],
+        attempt: int = 1,
+        not_before: datetime | None = None,
+    ) -> Step:
         """An unsaved step row, already `dispatched` with its RQ job id, for bulk creation."""
         return cls(
-            execution=execution, node_id=node["id"], node_type=node["type"], attempt=attempt,
-            status=StepStatus.DISPATCHED, queue=node.get("queue") or "default",
-            rq_job_id=uuid.uuid4().hex, next_attempt_at=not_before,
+            execution=execution,
+            node_id=node["id"],
+            node_type=node["type"],
+            attempt=attempt,
+            status=StepStatus.DISPATCHED,
+            queue=node.get("queue") or "default",
+            rq_job_id=uuid.uuid4().hex,
+            next_attempt_at=not_before,
         )
 
     @classmethod
     def new_skipped(cls, execution: Execution, node: dict[str, Any]) -> Step:
         now = timezone.now()
         return cls(
-            execution=execution, node_id=node["id"], node_type=node["type"], status=StepStatus.SKIPPED,
-            queue=node.get("queue") or "default", started_at=now, finished_at=now,
+            execution=execution,
+            node_id=node["id"],
+            node_type=node["type"],
+            status=StepStatus.SKIPPED,
+            queue=node.get("queue") or "default",
+            started_at=now,
+            finished_at=now,
         )
 
     def start(self, worker: str) -> bool:
@@ -209,23 +257,43 @@ class Step(models.Model):
             self.status, self.started_at, self.worker = StepStatus.RUNNING, now, worker[:200]
         return bool(changed)
 
-    def finish(self, status: str, *, input: Any = None, output: Any = None, error_type: str = "",
-               error_message: str = "") -> None:
+    def finish(
+        self,
+        status: str,
+        *,
+        input: Any = None,
+        output: Any = None,
+        error_type: str = "",
+        error_message: str = "",
+    ) -> None:
         """running → completed / failed / timeout, recording what the node received and produced."""
         if self.status != StepStatus.RUNNING or status not in (
-            StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.TIMEOUT
+            StepStatus.COMPLETED,
+            StepStatus.FAILED,
+            StepStatus.TIMEOUT,
         ):
             raise IllegalTransition(f"step {self.pk} is {self.status}; cannot become {status}")
         self.status, self.finished_at = status, timezone.now()
         self.input, self.output = input, output
         self.error_type, self.error_message = error_type, error_message
-        self.save(update_fields=["status", "finished_at", "input", "output", "error_type", "error_message"])
+        self.save(
+            update_fields=[
+                "status",
+                "finished_at",
+                "input",
+                "output",
+                "error_type",
+                "error_message",
+            ]
+        )
 
     @classmethod
     def cancel_open(cls, execution: Execution) -> list[str]:
         """pending/dispatched → cancelled for every step of the execution that has not started."""
         node_ids = list(
-            cls.objects.filter(execution=execution, status__in=STEP_RUNNABLE).values_list("node_id", flat=True)
+            cls.objects.filter(execution=execution, status__in=STEP_RUNNABLE).values_list(
+                "node_id", flat=True
+            )
         )
         cls.objects.filter(execution=execution, status__in=STEP_RUNNABLE).update(
             status=StepStatus.CANCELLED, finished_at=timezone.now()
@@ -241,7 +309,9 @@ class ExecutionEvent(models.Model):
     """The execution log: every engine decision, in order."""
 
     execution = models.ForeignKey(Execution, on_delete=models.CASCADE, related_name="events")
-    step = models.ForeignKey(Step, null=True, blank=True, on_delete=models.SET_NULL, related_name="events")
+    step = models.ForeignKey(
+        Step, null=True, blank=True, on_delete=models.SET_NULL, related_name="events"
+    )
     node_id = models.CharField(max_length=64, blank=True)
     kind = models.CharField(max_length=32, choices=EventKind.choices)
     message = models.TextField()

@@ -65,7 +65,9 @@ class SchedulerLoop:
 
         if self._rq_scheduler is None:
             self._rq_scheduler = RQScheduler(settings.OPSFLOW_QUEUES, connection=get_connection())
-            self._rq_scheduler._connection = get_connection()  # share the in-process fakeredis client
+            self._rq_scheduler._connection = (
+                get_connection()
+            )  # share the in-process fakeredis client
         self._rq_scheduler.acquire_locks()
         self._rq_scheduler.enqueue_scheduled_jobs()
 

@@ -5,12 +5,12 @@ Admin actions, API views, management commands and the job wrapper all call these
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
 import time
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -36,7 +36,6 @@ from apps.workflows.models import Workflow, WorkflowVersion
 logger = logging.getLogger(__name__)
 
 MAX_LOCAL_STEPS_PER_JOB = 200
-EARLY_TOLERANCE = timedelta(seconds=1)
 
 
 class WorkflowNotRunnable(Exception):
@@ -60,7 +59,9 @@ def trigger_workflow(
     """
     version = version or workflow.current_version
     if version is None:
-        raise WorkflowNotRunnable(f"Workflow {workflow.slug!r} has no published version; publish it first.")
+        raise WorkflowNotRunnable(
+            f"Workflow {workflow.slug!r} has no published version; publish it first."
+        )
     if not workflow.is_active:
         reason = f": {workflow.inactive_reason}" if workflow.inactive_reason else ""
         raise WorkflowNotRunnable(f"Workflow {workflow.slug!r} is inactive{reason}.")
@@ -68,18 +69,25 @@ def trigger_workflow(
     graph = engine.graph_for(version)
     with transaction.atomic():
         execution = Execution.objects.create(
-            workflow=workflow, version=version, trigger=trigger, trigger_data=trigger_data or {},
-            variables=values, triggered_by=user if user and user.is_authenticated else None,
+            workflow=workflow,
+            version=version,
+            trigger=trigger,
+            trigger_data=trigger_data or {},
+            variables=values,
+            triggered_by=user if user and user.is_authenticated else None,
             retriggered_from=retriggered_from,
         )
         who = f" by {user.username}" if user and user.is_authenticated else ""
         with execution.batched_log():
-            execution.log(EventKind.CREATED, f"Created by {trigger} trigger{who} (version {version.number})")
+            execution.log(
+                EventKind.CREATED, f"Created by {trigger} trigger{who} (version {version.number})"
+            )
             engine.dispatch(execution, graph, graph.entries)
     return execution
 
 
 # --- running one step: the job wrapper calls run_step_chain ---
+
 
 @dataclass
 class Attempt:
@@ -124,16 +132,22 @@ def run_step_once(step_or_id: Step | int, agent: Agent | None) -> Step | None:
         step = step_or_id  # created by this process in a committed transaction, with its execution
     else:
         try:
-            step = Step.objects.select_related("execution__version", "execution__workflow").get(pk=step_or_id)
+            step = Step.objects.select_related("execution__version", "execution__workflow").get(
+                pk=step_or_id
+            )
         except Step.DoesNotExist:
             logger.warning("run_step(%s): no such step; ignoring", step_or_id)
             return None
     execution = step.execution
     if step.status not in (StepStatus.PENDING, StepStatus.DISPATCHED):
         return None  # duplicate delivery, or cancelled before it ran: do nothing
-    if step.next_attempt_at and step.next_attempt_at - EARLY_TOLERANCE > timezone.now():
+    if (
+        step.next_attempt_at and step.next_attempt_at > timezone.now()
+    ):  # arrived early: park it again
         node = engine.graph_for(execution.version).nodes[step.node_id]
-        enqueue_step(step.pk, step.queue, step.rq_job_id, engine.job_timeout(node), step.next_attempt_at)
+        enqueue_step(
+            step.pk, step.queue, step.rq_job_id, engine.job_timeout(node), step.next_attempt_at
+        )
         return None
     if execution.status not in EXECUTION_ADVANCING:
         return None
@@ -152,28 +166,64 @@ def _run_node(execution: Execution, step: Step, node: dict[str, Any], graph) -> 
     rendered: Any = None
     try:
         node_type = get_node_type(node["type"])
-        nodes = engine.template_nodes(engine.latest_steps(execution)) if step.node_id in graph.templated else {}
+        nodes = (
+            engine.template_nodes(engine.latest_steps(execution))
+            if step.node_id in graph.templated
+            else {}
+        )
         context = build_context(
             execution.variables,
             {"type": execution.trigger, "data": execution.trigger_data},
             nodes,
-            {"id": execution.pk, "started_at": execution.started_at.isoformat() if execution.started_at else None},
+            {
+                "id": execution.pk,
+                "started_at": execution.started_at.isoformat() if execution.started_at else None,
+            },
         )
         raw_config = node.get("config") or {}
-        rendered = {k: (v if k in node_type.raw_keys else render_value(v, context)) for k, v in raw_config.items()}
+        rendered = {
+            k: (v if k in node_type.raw_keys else render_value(v, context))
+            for k, v in raw_config.items()
+        }
+        if not _is_json(rendered):
+            bad, rendered = rendered, None
+            raise errors.DataError(
+                f"A template produced a value that cannot be stored as JSON: {bad!r:.200}"
+            )
         output = node_type.run(
             NodeContext(
-                config=rendered, raw_config=raw_config, node=node, template_context=context,
-                timeout=engine.node_timeout(node), execution_id=execution.pk, step_id=step.pk,
+                config=rendered,
+                raw_config=raw_config,
+                node=node,
+                template_context=context,
+                timeout=engine.node_timeout(node),
+                execution_id=execution.pk,
+                step_id=step.pk,
             )
         )
+        if not _is_json(output):
+            raise errors.UnexpectedError(
+                f"Node {node['type']} returned output that is not JSON: {output!r:.200}"
+            )
         return Attempt(StepStatus.COMPLETED, rendered, output)
     except errors.NodeError as exc:
-        status = StepStatus.TIMEOUT if isinstance(exc, errors.ModuleTimeoutError) else StepStatus.FAILED
+        status = (
+            StepStatus.TIMEOUT if isinstance(exc, errors.ModuleTimeoutError) else StepStatus.FAILED
+        )
         return Attempt(status, rendered, exc.output or None, exc.type_name, exc.message)
     except Exception as exc:  # a bug in a node: recorded as UnexpectedError, never lost
         logger.exception("node %s of execution %s raised", node.get("id"), execution.pk)
-        return Attempt(StepStatus.FAILED, rendered, None, "UnexpectedError", f"{type(exc).__name__}: {exc}")
+        return Attempt(
+            StepStatus.FAILED, rendered, None, "UnexpectedError", f"{type(exc).__name__}: {exc}"
+        )
+
+
+def _is_json(value: Any) -> bool:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def record_attempt(step: Step, attempt: Attempt, agent: Agent | None) -> Step | None:
@@ -185,13 +235,20 @@ def record_attempt(step: Step, attempt: Attempt, agent: Agent | None) -> Step | 
         execution.version = version
         step.execution = execution
         with execution.batched_log():
-            step.finish(attempt.status, input=attempt.input, output=attempt.output,
-                        error_type=attempt.error_type, error_message=attempt.error_message)
+            step.finish(
+                attempt.status,
+                input=attempt.input,
+                output=attempt.output,
+                error_type=attempt.error_type,
+                error_message=attempt.error_message,
+            )
             _log_attempt(execution, step, attempt)
             return _route(execution, engine.graph_for(version), step, attempt, local_queues)
 
 
-def _route(execution: Execution, graph, step: Step, attempt: Attempt, local_queues: frozenset[str]) -> Step | None:
+def _route(
+    execution: Execution, graph, step: Step, attempt: Attempt, local_queues: frozenset[str]
+) -> Step | None:
     if execution.status not in EXECUTION_ADVANCING:
         return None  # cancelled or failed meanwhile: the result is recorded, nothing more starts
     if attempt.status == StepStatus.COMPLETED:
@@ -204,16 +261,34 @@ def _route(execution: Execution, graph, step: Step, attempt: Attempt, local_queu
 
 
 def _log_attempt(execution: Execution, step: Step, attempt: Attempt) -> None:
-    execution.log(EventKind.NODE_STARTED, f"{step.node_id} started on {step.worker} (attempt {step.attempt})",
-                  node_id=step.node_id, step=step, at=step.started_at)
+    execution.log(
+        EventKind.NODE_STARTED,
+        f"{step.node_id} started on {step.worker} (attempt {step.attempt})",
+        node_id=step.node_id,
+        step=step,
+        at=step.started_at,
+    )
     if attempt.status == StepStatus.COMPLETED:
         if step.node_type == "condition":
             result = (attempt.output or {}).get("result")
-            execution.log(EventKind.CONDITION, f"{step.node_id}: condition is {str(bool(result)).lower()}",
-                          node_id=step.node_id, step=step, data={"result": result})
-        execution.log(EventKind.NODE_COMPLETED, f"{step.node_id} completed in {step.duration_ms} ms",
-                      node_id=step.node_id, step=step)
+            execution.log(
+                EventKind.CONDITION,
+                f"{step.node_id}: condition is {str(bool(result)).lower()}",
+                node_id=step.node_id,
+                step=step,
+                data={"result": result},
+            )
+        execution.log(
+            EventKind.NODE_COMPLETED,
+            f"{step.node_id} completed in {step.duration_ms} ms",
+            node_id=step.node_id,
+            step=step,
+        )
     else:
-        execution.log(EventKind.NODE_FAILED, f"{step.node_id} failed: {attempt.error_type}: {attempt.error_message}",
-                      node_id=step.node_id, step=step,
-                      data={"error_type": attempt.error_type, "status": attempt.status})
+        execution.log(
+            EventKind.NODE_FAILED,
+            f"{step.node_id} failed: {attempt.error_type}: {attempt.error_message}",
+            node_id=step.node_id,
+            step=step,
+            data={"error_type": attempt.error_type, "status": attempt.status},
+        )

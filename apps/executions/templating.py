@@ -34,7 +34,9 @@ class ScopedList(list):
 
 def scoped(value: Any, path: str) -> Any:
     if isinstance(value, dict):
-        out = ScopedDict((k, scoped(v, f"{path}.{k}" if path else str(k))) for k, v in value.items())
+        out = ScopedDict(
+            (k, scoped(v, f"{path}.{k}" if path else str(k))) for k, v in value.items()
+        )
         out._scope_path = path
         return out
     if isinstance(value, list):
@@ -67,13 +69,21 @@ class PathUndefined(StrictUndefined):
         return str(name) if name is not None else "?"
 
     def _fail_with_undefined_error(self, *args, **kwargs):
-        if self._undefined_exception is not None and issubclass(self._undefined_exception, SecurityError):
+        if self._undefined_exception is not None and issubclass(
+            self._undefined_exception, SecurityError
+        ):
             raise DataError(f"Unsafe template: {self._undefined_hint}")
         raise DataError(f"Missing variable: {self.missing_path}")
 
-    __str__ = __iter__ = __len__ = __bool__ = __eq__ = __ne__ = __hash__ = _fail_with_undefined_error  # type: ignore[assignment]
-    __getattr__ = __getitem__ = __call__ = __lt__ = __le__ = __gt__ = __ge__ = _fail_with_undefined_error  # type: ignore[assignment]
-    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __contains__ = __int__ = __float__ = _fail_with_undefined_error  # type: ignore[assignment]
+    __str__ = __iter__ = __len__ = __bool__ = __eq__ = __ne__ = __hash__ = (
+        _fail_with_undefined_error  # type: ignore[assignment]
+    )
+    __getattr__ = __getitem__ = __call__ = __lt__ = __le__ = __gt__ = __ge__ = (
+        _fail_with_undefined_error  # type: ignore[assignment]
+    )
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __contains__ = __int__ = __float__ = (
+        _fail_with_undefined_error  # type: ignore[assignment]
+    )
 
 
 class _Environment(SandboxedEnvironment):
@@ -90,7 +100,11 @@ class _Environment(SandboxedEnvironment):
         if isinstance(obj, ScopedDict) and isinstance(argument, str) and argument in obj:
             return self._remember(obj[argument], f"{obj._scope_path}.{argument}")
         value = super().getitem(obj, argument)
-        if isinstance(obj, ScopedList) and isinstance(argument, int) and not isinstance(value, Undefined):
+        if (
+            isinstance(obj, ScopedList)
+            and isinstance(argument, int)
+            and not isinstance(value, Undefined)
+        ):
             return self._remember(value, f"{obj._scope_path}[{argument}]")
         return self._located(obj, argument, value)
 

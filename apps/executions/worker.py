@@ -27,7 +27,9 @@ class Agent:
     job_timeout: float
 
 
-current_agent: contextvars.ContextVar[Agent | None] = contextvars.ContextVar("current_agent", default=None)
+current_agent: contextvars.ContextVar[Agent | None] = contextvars.ContextVar(
+    "current_agent", default=None
+)
 
 
 class AgentWorker(SimpleWorker):

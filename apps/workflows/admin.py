@@ -41,7 +41,14 @@ class WorkflowAdmin(OrganizationScopedAdmin, admin.ModelAdmin):
     list_display = ["name", "slug", "organization", "published", "is_active", "updated_at"]
     list_filter = ["organization", "is_active"]
     search_fields = ["name", "slug"]
-    readonly_fields = ["slug", "published", "webhook_path", "inactive_reason", "created_at", "updated_at"]
+    readonly_fields = [
+        "slug",
+        "published",
+        "webhook_path",
+        "inactive_reason",
+        "created_at",
+        "updated_at",
+    ]
     inlines = [WorkflowVersionInline]
     actions = ["publish_selected"]
 
@@ -96,8 +103,16 @@ class WorkflowAdmin(OrganizationScopedAdmin, admin.ModelAdmin):
 
     def get_urls(self):
         custom = [
-            path("<int:pk>/publish/", self.admin_site.admin_view(self.publish_view), name="workflows_workflow_publish"),
-            path("<int:pk>/run/", self.admin_site.admin_view(self.run_view), name="workflows_workflow_run"),
+            path(
+                "<int:pk>/publish/",
+                self.admin_site.admin_view(self.publish_view),
+                name="workflows_workflow_publish",
+            ),
+            path(
+                "<int:pk>/run/",
+                self.admin_site.admin_view(self.run_view),
+                name="workflows_workflow_run",
+            ),
         ]
         return custom + super().get_urls()
 
@@ -123,10 +138,14 @@ class WorkflowAdmin(OrganizationScopedAdmin, admin.ModelAdmin):
         if not has_role(request.user, workflow.organization, CAN_EXECUTE):
             raise PermissionDenied("Running a workflow needs the operator role.")
         definition = workflow.effective_definition
-        form = RunWorkflowForm(request.POST or None, initial={"variables": _variables_template(definition)})
+        form = RunWorkflowForm(
+            request.POST or None, initial={"variables": _variables_template(definition)}
+        )
         if request.method == "POST" and form.is_valid():
             try:
-                execution = trigger_workflow(workflow, variables=form.cleaned_data["variables"], user=request.user)
+                execution = trigger_workflow(
+                    workflow, variables=form.cleaned_data["variables"], user=request.user
+                )
             except WorkflowNotRunnable as exc:
                 form.add_error(None, str(exc))
             except DefinitionError as exc:
@@ -148,7 +167,9 @@ class WorkflowAdmin(OrganizationScopedAdmin, admin.ModelAdmin):
     def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
         if obj is not None:
             context["can_publish"] = has_role(request.user, obj.organization, CAN_EDIT)
-            context["can_run"] = has_role(request.user, obj.organization, CAN_EXECUTE) and obj.current_version_id
+            context["can_run"] = (
+                has_role(request.user, obj.organization, CAN_EXECUTE) and obj.current_version_id
+            )
         return super().render_change_form(request, context, add, change, form_url, obj)
 
 
@@ -158,4 +179,6 @@ def _variables_template(definition) -> str:
     variables = definition.get("variables") or {}
     if not variables:
         return ""
-    return yaml.safe_dump({name: spec.get("default") for name, spec in variables.items()}, sort_keys=False)
+    return yaml.safe_dump(
+        {name: spec.get("default") for name, spec in variables.items()}, sort_keys=False
+    )

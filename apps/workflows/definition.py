@@ -25,7 +25,17 @@ SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,98}[a-z0-9])?$")
 NODE_ID_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 QUEUE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
-TOP_LEVEL_KEYS = {"slug", "name", "description", "organization", "trigger", "settings", "variables", "nodes", "edges"}
+TOP_LEVEL_KEYS = {
+    "slug",
+    "name",
+    "description",
+    "organization",
+    "trigger",
+    "settings",
+    "variables",
+    "nodes",
+    "edges",
+}
 NODE_KEYS = {"id", "type", "name", "config", "queue", "timeout", "retry", "on_error", "critical"}
 DEFAULT_SETTINGS: dict[str, Any] = {
     "store_incomplete_executions": False,
@@ -240,7 +250,10 @@ class _Validator:
             if node_id is None:
                 self.add(f"{path}.id", "required")
             elif not isinstance(node_id, str) or not NODE_ID_RE.match(node_id):
-                self.add(f"{path}.id", "must start with a letter or _ and hold only letters, digits and _")
+                self.add(
+                    f"{path}.id",
+                    "must start with a letter or _ and hold only letters, digits and _",
+                )
             elif node_id in seen:
                 self.add(f"{path}.id", f"duplicate id {node_id!r} (also nodes[{seen[node_id]}])")
             else:
@@ -252,7 +265,10 @@ class _Validator:
             if node_type is None:
                 self.add(f"{path}.type", "required")
             elif not isinstance(node_type, str) or node_type not in REGISTRY:
-                self.add(f"{path}.type", f"unknown node type {node_type!r}; known: {', '.join(sorted(REGISTRY))}")
+                self.add(
+                    f"{path}.type",
+                    f"unknown node type {node_type!r}; known: {', '.join(sorted(REGISTRY))}",
+                )
             if not isinstance(config, dict):
                 self.add(f"{path}.config", "must be a mapping")
                 config = {}
@@ -261,7 +277,9 @@ class _Validator:
                     self.add(f"{path}.config.{key}", message)
             known_type = isinstance(node_type, str) and node_type in REGISTRY
             raw_keys = REGISTRY[node_type].raw_keys if known_type else frozenset()
-            for sub, text in iter_template_strings({k: v for k, v in config.items() if k not in raw_keys}):
+            for sub, text in iter_template_strings(
+                {k: v for k, v in config.items() if k not in raw_keys}
+            ):
                 problem = template_problem(text)
                 if problem:
                     self.add(f"{path}.config.{sub}", problem)
@@ -338,7 +356,9 @@ class _Validator:
             if not isinstance(on, str) or on not in EDGE_ON:
                 self.add(f"{path}.on", f"must be one of {', '.join(EDGE_ON)}")
                 ok = False
-            elif ok and isinstance(by_id[source]["type"], str) and by_id[source]["type"] in REGISTRY:
+            elif (
+                ok and isinstance(by_id[source]["type"], str) and by_id[source]["type"] in REGISTRY
+            ):
                 produces = REGISTRY[by_id[source]["type"]].outcomes | {"always"}
                 if on not in produces:
                     self.add(
@@ -374,7 +394,7 @@ def find_cycle(node_ids: list[str], edges: list[dict[str, Any]]) -> list[str] | 
         stack.append(node)
         for nxt in graph[node]:
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if state.get(nxt) is None:
                 found = visit(nxt)
                 if found:
@@ -448,7 +468,8 @@ class Graph:
         self.entries = [n for n in self.order if not self.incoming[n]]
         # Nodes whose config reads the template context; the others run without loading it.
         self.templated = {
-            n["id"] for n in definition["nodes"]
+            n["id"]
+            for n in definition["nodes"]
             if (n["type"] in REGISTRY and REGISTRY[n["type"]].raw_keys)
             or any(True for _ in iter_template_strings(n.get("config") or {}))
         }

@@ -54,11 +54,15 @@ class WorkflowDefinitionForm(forms.ModelForm):
         cleaned = super().clean()
         definition, organization = cleaned.get("definition"), cleaned.get("organization")
         duplicate = (
-            not self.instance.pk and definition and organization
+            not self.instance.pk
+            and definition
+            and organization
             and Workflow.objects.filter(organization=organization, slug=definition["slug"]).exists()
         )
         if duplicate:
-            self.add_error("definition", f"slug: a workflow with slug {definition['slug']!r} already exists")
+            self.add_error(
+                "definition", f"slug: a workflow with slug {definition['slug']!r} already exists"
+            )
         return cleaned
 
 
@@ -90,4 +94,3 @@ nodes:
     config: {command: ["echo", "hello"]}
 edges: []
 """
-

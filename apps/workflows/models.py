@@ -19,7 +19,9 @@ def new_webhook_key() -> str:
 class Workflow(models.Model):
     """A graph of action nodes. It has an editable draft and immutable numbered versions."""
 
-    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="workflows")
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="workflows"
+    )
     slug = models.SlugField(max_length=100)
     name = models.CharField(max_length=200)
     draft = models.JSONField(help_text="The draft definition document (DESIGN §3).")
@@ -37,7 +39,9 @@ class Workflow(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["organization", "slug"], name="unique_workflow_slug_per_org"),
+            models.UniqueConstraint(
+                fields=["organization", "slug"], name="unique_workflow_slug_per_org"
+            ),
         ]
         ordering = ["name"]
 

@@ -16,7 +16,9 @@ def create_workflow(organization: Organization, document: Any, user=None) -> Wor
     definition = validate_definition(document)
     definition.pop("organization", None)
     if Workflow.objects.filter(organization=organization, slug=definition["slug"]).exists():
-        raise DefinitionError([Problem("slug", f"a workflow with slug {definition['slug']!r} already exists")])
+        raise DefinitionError(
+            [Problem("slug", f"a workflow with slug {definition['slug']!r} already exists")]
+        )
     try:
         with transaction.atomic():
             return Workflow.objects.create(
@@ -27,7 +29,9 @@ def create_workflow(organization: Organization, document: Any, user=None) -> Wor
                 created_by=user,
             )
     except IntegrityError:
-        raise DefinitionError([Problem("slug", f"a workflow with slug {definition['slug']!r} already exists")]) from None
+        raise DefinitionError(
+            [Problem("slug", f"a workflow with slug {definition['slug']!r} already exists")]
+        ) from None
 
 
 def update_draft(workflow: Workflow, document: Any) -> Workflow:
@@ -35,7 +39,9 @@ def update_draft(workflow: Workflow, document: Any) -> Workflow:
     definition = validate_definition(document)
     definition.pop("organization", None)
     if definition["slug"] != workflow.slug:
-        raise DefinitionError([Problem("slug", f"cannot change the slug of {workflow.slug!r} here")])
+        raise DefinitionError(
+            [Problem("slug", f"cannot change the slug of {workflow.slug!r} here")]
+        )
     workflow.draft = definition
     workflow.name = definition["name"]
     workflow.save(update_fields=["draft", "name", "updated_at"])
@@ -59,11 +65,15 @@ def publish_workflow(workflow: Workflow, user=None) -> WorkflowVersion:
     return version
 
 
-def import_workflow(organization: Organization, document: Any, user=None, publish: bool = False) -> tuple[Workflow, bool]:
+def import_workflow(
+    organization: Organization, document: Any, user=None, publish: bool = False
+) -> tuple[Workflow, bool]:
     """Upsert by slug; returns (workflow, created)."""
     definition = validate_definition(document)
     with transaction.atomic():
-        existing = Workflow.objects.filter(organization=organization, slug=definition["slug"]).first()
+        existing = Workflow.objects.filter(
+            organization=organization, slug=definition["slug"]
+        ).first()
         if existing:
             workflow, created = update_draft(existing, definition), False
         else:

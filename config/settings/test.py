@@ -3,7 +3,9 @@
 import os
 
 os.environ.setdefault("SECRET_KEY", "test-secret-key")
-os.environ.setdefault("OPSFLOW_VAR_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "var", "test"))
+os.environ.setdefault(
+    "OPSFLOW_VAR_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "var", "test")
+)
 
 from config.settings.base import *  # noqa: E402,F403
 
@@ -14,3 +16,8 @@ STORAGES = {
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 LOGGING["root"]["level"] = "WARNING"  # noqa: F405
+
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
+    # A file, not shared-cache memory: WAL and the busy timeout then behave as in the embedded default,
+    # so concurrent workers wait for the write lock instead of failing with "table is locked".
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-opsflow.sqlite3")}  # noqa: F405

@@ -28,14 +28,22 @@ pytestmark = [
 
 @pytest.fixture
 def page(live_server):
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"  # Playwright's sync API runs an event loop here
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = (
+        "true"  # Playwright's sync API runs an event loop here
+    )
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
         )
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         yield page
@@ -47,7 +55,9 @@ def test_an_operator_runs_the_demo_from_the_admin_and_reads_its_steps(live_serve
     org = Organization.objects.create(slug="demo", name="Demo")
     user = get_user_model().objects.create_user("ops", password="ops-password", is_staff=True)
     Membership.objects.create(organization=org, user=user, role=Role.OPERATOR)
-    demo = parse_document((Path(settings.BASE_DIR) / "apps/workflows/demo/portal-health.yaml").read_text())
+    demo = parse_document(
+        (Path(settings.BASE_DIR) / "apps/workflows/demo/portal-health.yaml").read_text()
+    )
     demo["variables"]["base_url"]["default"] = live_server.url
     workflow, _ = import_workflow(org, demo, publish=True)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,8 @@ from tests.factories import make_org, make_user
 ROOT = Path(__file__).resolve().parents[2]
 
 needs_services = pytest.mark.skipif(
-    not settings.REDIS_URL or settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql",
+    not settings.REDIS_URL
+    or settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql",
     reason="multi-process test needs REDIS_URL and a PostgreSQL DATABASE_URL (it runs in CI)",
 )
 
@@ -41,9 +42,20 @@ def rq_worker_process(transactional_db, redis_conn):
         "SECRET_KEY": "e2e",
     }
     process = subprocess.Popen(
-        [sys.executable, "manage.py", "rqworker", "--worker-class", "apps.executions.worker.AgentWorker",
-         "--with-scheduler", "default", "shell"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "manage.py",
+            "rqworker",
+            "--worker-class",
+            "apps.executions.worker.AgentWorker",
+            "--with-scheduler",
+            "default",
+            "shell",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     yield process
     process.terminate()
@@ -55,24 +67,42 @@ def rq_worker_process(transactional_db, redis_conn):
 
 @needs_services
 @pytest.mark.multiprocess
-def test_a_workflow_runs_on_a_real_worker_process_through_the_http_api(live_server, rq_worker_process):
+def test_a_workflow_runs_on_a_real_worker_process_through_the_http_api(
+    live_server, rq_worker_process
+):
     org = make_org("acme")
     make_user("ops", org, Role.EDITOR)
     call_command("drf_create_token", "ops", verbosity=0)
     from rest_framework.authtoken.models import Token
 
     token = Token.objects.get(user__username="ops").key
-    api = httpx.Client(base_url=f"{live_server.url}/api/v1", headers={"Authorization": f"Token {token}"}, timeout=10)
+    api = httpx.Client(
+        base_url=f"{live_server.url}/api/v1",
+        headers={"Authorization": f"Token {token}"},
+        timeout=10,
+    )
 
     definition = {
         "slug": "e2e",
         "name": "End to end",
         "variables": {"base": {"type": "string", "required": True}},
         "nodes": [
-            {"id": "check", "type": "http.request", "config": {"url": "{{ vars.base }}/healthz", "expect_status": [200]}},
-            {"id": "say", "type": "shell.command", "queue": "shell",
-             "config": {"command": ["echo", "status {{ nodes.check.output.status_code }}"]}},
-            {"id": "done", "type": "noop", "config": {"output": {"said": "{{ nodes.say.output.stdout | trim }}"}}},
+            {
+                "id": "check",
+                "type": "http.request",
+                "config": {"url": "{{ vars.base }}/healthz", "expect_status": [200]},
+            },
+            {
+                "id": "say",
+                "type": "shell.command",
+                "queue": "shell",
+                "config": {"command": ["echo", "status {{ nodes.check.output.status_code }}"]},
+            },
+            {
+                "id": "done",
+                "type": "noop",
+                "config": {"output": {"said": "{{ nodes.say.output.stdout | trim }}"}},
+            },
         ],
         "edges": [{"from": "check", "to": "say"}, {"from": "say", "to": "done"}],
     }

@@ -82,7 +82,6 @@ def ids_of(response) -> set[int]:
     return {item["id"] for item in response.json()["results"]}
 
 
-
 @pytest.fixture
 def greet(org):
     """`greet`, published as version 1."""
@@ -315,7 +314,6 @@ def test_the_list_is_paginated_and_shows_the_execution_fields(viewer, three_runs
         "retriggered_from",
     ):  # fmt: skip
         assert field in first, field
-
 
 
 def test_the_list_shows_the_newest_executions_first(viewer, greet, api_for):

@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.utils import timezone
 from rq.registry import ScheduledJobRegistry
 
@@ -29,13 +30,17 @@ pytestmark = pytest.mark.django_db(transaction=True)
 # --- helpers ---
 
 
-def definition(slug: str, nodes: list[dict[str, Any]], edges: list[tuple], **extra) -> dict[str, Any]:
+def definition(
+    slug: str, nodes: list[dict[str, Any]], edges: list[tuple], **extra
+) -> dict[str, Any]:
     """A definition document; edges are (from, to) or (from, to, on)."""
     return {
         "slug": slug,
         "name": slug.replace("-", " ").title(),
         "nodes": nodes,
-        "edges": [{"from": e[0], "to": e[1], "on": e[2] if len(e) > 2 else "success"} for e in edges],
+        "edges": [
+            {"from": e[0], "to": e[1], "on": e[2] if len(e) > 2 else "success"} for e in edges
+        ],
         **extra,
     }
 
@@ -75,8 +80,6 @@ def step_of(execution: Execution, node_id: str) -> Step:
 
 
 def queued_jobs() -> int:
-    from django.conf import settings
-
     return sum(get_queue(name).count for name in settings.OPSFLOW_QUEUES)
 
 
@@ -291,7 +294,9 @@ def test_an_unhandled_failure_on_a_critical_node_fails_the_run_and_starts_no_new
 
     execution.refresh_from_db()
     assert execution.status == ExecutionStatus.FAILED
-    assert execution.error_message == "boom failed with UnexpectedError: Command exited with status 1"
+    assert (
+        execution.error_message == "boom failed with UnexpectedError: Command exited with status 1"
+    )
     assert statuses(execution) == {
         "start": StepStatus.COMPLETED,
         "boom": StepStatus.FAILED,
@@ -374,12 +379,6 @@ def test_the_rendered_input_is_stored_on_the_step_with_upstream_outputs_resolved
     assert typed.output == {"count": 2, "hosts": ["x", "y"], "said": "hello"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: templating resolves `a.b` by attribute first, so keys named like a dict "
-    "method (items, keys, values, get) or ScopedDict's own `path` slot give the method or "
-    "the scope path instead of the value",
-)
 @pytest.mark.parametrize(
     ("template", "expected"),
     [
@@ -396,7 +395,10 @@ def test_a_key_named_like_a_dict_attribute_resolves_to_its_value(org, workers, t
         definition(
             "dict-attribute-keys",
             variables={"path": {"type": "string", "default": "/srv/app"}},
-            nodes=[noop("first", {"items": ["x", "y"], "values": 3}), noop("use", {"got": template})],
+            nodes=[
+                noop("first", {"items": ["x", "y"], "values": 3}),
+                noop("use", {"got": template}),
+            ],
             edges=[("first", "use")],
         ),
     )
@@ -409,11 +411,6 @@ def test_a_key_named_like_a_dict_attribute_resolves_to_its_value(org, workers, t
     assert use.output == {"got": expected}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a rendered value that is not JSON (e.g. `{{ range(3) }}`) raises TypeError "
-    "inside record_attempt; the transaction rolls back and the step stays `running` forever",
-)
 def test_a_template_that_renders_a_value_json_cannot_store_fails_the_step(org, workers):
     workflow = make_workflow(
         org,
@@ -446,7 +443,10 @@ def test_a_set_nodes_values_are_visible_downstream_as_vars(org, workers):
                     "type": "set",
                     "config": {"values": {"target": "{{ vars.host }}-blue", "port": 8080}},
                 },
-                noop("use", {"url": "http://{{ vars.target }}:{{ vars.port }}/", "host": "{{ vars.host }}"}),
+                noop(
+                    "use",
+                    {"url": "http://{{ vars.target }}:{{ vars.port }}/", "host": "{{ vars.host }}"},
+                ),
             ],
             edges=[("compute", "use")],
         ),
@@ -465,7 +465,11 @@ def test_a_set_nodes_values_are_visible_downstream_as_vars(org, workers):
 
 DELAYED = definition(
     "delayed",
-    nodes=[noop("before"), {"id": "wait", "type": "delay", "config": {"seconds": 1}}, noop("after")],
+    nodes=[
+        noop("before"),
+        {"id": "wait", "type": "delay", "config": {"seconds": 1}},
+        noop("after"),
+    ],
     edges=[("before", "wait"), ("wait", "after")],
 )
 
@@ -498,12 +502,6 @@ def test_a_delay_node_does_not_hold_the_worker_while_it_waits(org, workers):
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: run_step_once runs a delayed step up to EARLY_TOLERANCE (1 s) before its "
-    "next_attempt_at, and RQ schedules enqueue_at in whole seconds (truncated), so a 1 s "
-    "delay can end almost at once",
-)
 def test_a_one_second_delay_holds_the_next_node_back_for_a_full_second(org, workers):
     workflow = make_workflow(org, DELAYED)
     execution = trigger_workflow(workflow)
@@ -523,11 +521,6 @@ def test_a_one_second_delay_holds_the_next_node_back_for_a_full_second(org, work
     assert after.started_at - dispatched.created_at >= timedelta(seconds=1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: dispatch.enqueue_step passes not_before to RQ's enqueue_at, which scores the "
-    "job in whole seconds rounded down, so RQ releases it before the step may run",
-)
 def test_a_delayed_step_is_scheduled_in_rq_no_earlier_than_its_not_before_time(org, workers):
     workflow = make_workflow(org, DELAYED)
     execution = trigger_workflow(workflow)
@@ -546,7 +539,10 @@ def test_a_delayed_step_is_scheduled_in_rq_no_earlier_than_its_not_before_time(o
 def test_an_execution_keeps_running_the_version_current_at_trigger_time(org, workers):
     v1 = definition(
         "pinned",
-        nodes=[noop("first", {"version": 1}), noop("second_v1", {"seen": "{{ nodes.first.output.version }}"})],
+        nodes=[
+            noop("first", {"version": 1}),
+            noop("second_v1", {"seen": "{{ nodes.first.output.version }}"}),
+        ],
         edges=[("first", "second_v1")],
     )
     workflow = make_workflow(org, v1)
@@ -590,7 +586,14 @@ def test_a_duplicate_delivery_of_run_step_for_a_finished_step_does_nothing(org, 
             execution.finished_at,
             list(
                 execution.steps.order_by("id").values_list(
-                    "id", "node_id", "attempt", "status", "worker", "started_at", "finished_at", "output"
+                    "id",
+                    "node_id",
+                    "attempt",
+                    "status",
+                    "worker",
+                    "started_at",
+                    "finished_at",
+                    "output",
                 )
             ),
             execution.events.count(),

@@ -183,7 +183,6 @@ def test_it_answers_415_to_a_body_that_is_not_sent_as_json(editor, api_for):
     assert Workflow.objects.count() == 0
 
 
-
 @pytest.mark.parametrize(
     ("mistake", "path"),
     [

@@ -76,9 +76,12 @@ def exception_handler(exc, context):
         code = exc.default_code
     elif isinstance(exc, exceptions.ValidationError):
         details = _flatten(exc.detail)
-        message = "; ".join(
-            f"{d['path']}: {d['message']}" if d["path"] else d["message"] for d in details
-        ) or "Invalid input."
+        message = (
+            "; ".join(
+                f"{d['path']}: {d['message']}" if d["path"] else d["message"] for d in details
+            )
+            or "Invalid input."
+        )
         code = "invalid"
     else:
         detail = getattr(exc, "detail", None)

@@ -9,8 +9,21 @@ class StepSerializer(serializers.ModelSerializer):
     class Meta:
         model = Step
         fields = [
-            "id", "node_id", "node_type", "attempt", "status", "queue", "worker", "input", "output",
-            "error_type", "error_message", "started_at", "finished_at", "duration_ms", "next_attempt_at",
+            "id",
+            "node_id",
+            "node_type",
+            "attempt",
+            "status",
+            "queue",
+            "worker",
+            "input",
+            "output",
+            "error_type",
+            "error_message",
+            "started_at",
+            "finished_at",
+            "duration_ms",
+            "next_attempt_at",
         ]
         read_only_fields = fields
 
@@ -18,7 +31,9 @@ class StepSerializer(serializers.ModelSerializer):
 class ExecutionSerializer(serializers.ModelSerializer):
     workflow = serializers.CharField(source="workflow.slug", read_only=True)
     version = serializers.IntegerField(source="version.number", read_only=True)
-    triggered_by = serializers.CharField(source="triggered_by.username", default=None, read_only=True)
+    triggered_by = serializers.CharField(
+        source="triggered_by.username", default=None, read_only=True
+    )
     duration_ms = serializers.IntegerField(read_only=True, allow_null=True)
     jobs_completed = serializers.IntegerField(read_only=True)
     jobs_total = serializers.IntegerField(read_only=True)
@@ -26,9 +41,23 @@ class ExecutionSerializer(serializers.ModelSerializer):
     class Meta:
         model = Execution
         fields = [
-            "id", "workflow", "version", "status", "trigger", "variables", "trigger_data", "triggered_by",
-            "scheduled_for", "created_at", "started_at", "finished_at", "duration_ms", "jobs_completed",
-            "jobs_total", "retriggered_from", "error_message",
+            "id",
+            "workflow",
+            "version",
+            "status",
+            "trigger",
+            "variables",
+            "trigger_data",
+            "triggered_by",
+            "scheduled_for",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "duration_ms",
+            "jobs_completed",
+            "jobs_total",
+            "retriggered_from",
+            "error_message",
         ]
         read_only_fields = fields
 

@@ -24,9 +24,11 @@ class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
         return obj.workflow.organization
 
     def get_queryset(self):
-        qs = Execution.objects.select_related(
-            "workflow__organization", "version", "triggered_by"
-        ).with_counts().order_by("-created_at", "-id")  # grouped queries ignore Meta.ordering
+        qs = (
+            Execution.objects.select_related("workflow__organization", "version", "triggered_by")
+            .with_counts()
+            .order_by("-created_at", "-id")
+        )  # grouped queries ignore Meta.ordering
         if self.action == "retrieve":
             qs = qs.prefetch_related("steps")
         return scope_to_user(qs, self.request.user, field="workflow__organization")

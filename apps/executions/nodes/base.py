@@ -77,7 +77,13 @@ def cap_text(value: str | bytes, cap: int | None = None) -> tuple[str, bool]:
     return raw.decode("utf-8", "replace"), truncated
 
 
-def require(config: dict[str, Any], key: str, kind: type | tuple[type, ...], problems: list[Problem], label: str) -> None:
+def require(
+    config: dict[str, Any],
+    key: str,
+    kind: type | tuple[type, ...],
+    problems: list[Problem],
+    label: str,
+) -> None:
     if key not in config or config[key] is None:
         problems.append((key, "required"))
     elif not isinstance(config[key], kind):

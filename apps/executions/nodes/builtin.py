@@ -86,4 +86,3 @@ class DelayNode(NodeType):
 
     def run(self, ctx: NodeContext) -> dict[str, Any]:
         return {"waited_seconds": ctx.config["seconds"]}
-

@@ -93,7 +93,9 @@ class HttpRequestNode(NodeType):
         expect = config.get("expect_status")
         if expect is not None and (
             not isinstance(expect, list)
-            or not all(isinstance(s, int) and not isinstance(s, bool) and 100 <= s <= 599 for s in expect)
+            or not all(
+                isinstance(s, int) and not isinstance(s, bool) and 100 <= s <= 599 for s in expect
+            )
         ):
             problems.append(("expect_status", "must be a list of HTTP status codes"))
         return problems
@@ -120,12 +122,16 @@ class HttpRequestNode(NodeType):
         cap = settings.OPSFLOW_OUTPUT_CAP_BYTES
         try:
             with (
-                httpx.Client(timeout=timeout, follow_redirects=bool(config.get("follow_redirects", True))) as client,
+                httpx.Client(
+                    timeout=timeout, follow_redirects=bool(config.get("follow_redirects", True))
+                ) as client,
                 client.stream(**request) as response,
             ):
                 content, truncated = _read_capped(response, deadline, cap)
         except httpx.TimeoutException as exc:
-            raise errors.ModuleTimeoutError(f"HTTP request timed out after {timeout:g}s: {exc}") from exc
+            raise errors.ModuleTimeoutError(
+                f"HTTP request timed out after {timeout:g}s: {exc}"
+            ) from exc
         except httpx.InvalidURL as exc:
             raise errors.InvalidConfigurationError(f"Invalid URL {url!r}: {exc}") from exc
         except httpx.TransportError as exc:

@@ -33,7 +33,9 @@ class ShellCommandNode(NodeType):
             return [("script", "give either command or script, not both")]
         problems: list[Problem] = []
         if command is not None and (
-            not isinstance(command, list) or not command or not all(isinstance(a, str) for a in command)
+            not isinstance(command, list)
+            or not command
+            or not all(isinstance(a, str) for a in command)
         ):
             problems.append(("command", "must be a non-empty list of strings"))
         if script is not None and (not isinstance(script, str) or not script.strip()):
@@ -46,7 +48,11 @@ class ShellCommandNode(NodeType):
 
     def run(self, ctx: NodeContext) -> dict[str, Any]:
         config = ctx.config
-        argv = ["bash", "-c", config["script"]] if config.get("script") is not None else config["command"]
+        argv = (
+            ["bash", "-c", config["script"]]
+            if config.get("script") is not None
+            else config["command"]
+        )
         if not isinstance(argv, list) or not argv:
             raise errors.InvalidConfigurationError("command must be a non-empty list")
         env = {**os.environ, **{str(k): str(v) for k, v in (config.get("env") or {}).items()}}
@@ -72,14 +78,17 @@ class ShellCommandNode(NodeType):
                 process.wait()
                 output = self._output(out_file, err_file, None)
                 raise errors.ModuleTimeoutError(
-                    f"Command timed out after {timeout:g}s; its process group was killed", output=output
+                    f"Command timed out after {timeout:g}s; its process group was killed",
+                    output=output,
                 ) from None
             except BaseException:
                 _kill_group(process)
                 raise
             output = self._output(out_file, err_file, process.returncode)
         if process.returncode != 0:
-            raise errors.UnexpectedError(f"Command exited with status {process.returncode}", output=output)
+            raise errors.UnexpectedError(
+                f"Command exited with status {process.returncode}", output=output
+            )
         return output
 
     @staticmethod

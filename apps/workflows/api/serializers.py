@@ -6,7 +6,9 @@ from apps.workflows.models import Workflow, WorkflowVersion
 
 class WorkflowSerializer(serializers.ModelSerializer):
     organization = serializers.CharField(source="organization.slug", read_only=True)
-    published_version = serializers.IntegerField(source="published_number", read_only=True, allow_null=True)
+    published_version = serializers.IntegerField(
+        source="published_number", read_only=True, allow_null=True
+    )
     trigger = serializers.SerializerMethodField()
     settings = serializers.SerializerMethodField()
     webhook_url = serializers.SerializerMethodField()
@@ -15,9 +17,19 @@ class WorkflowSerializer(serializers.ModelSerializer):
     class Meta:
         model = Workflow
         fields = [
-            "slug", "name", "organization", "is_active", "inactive_reason", "published_version",
-            "has_unpublished_changes", "trigger", "settings", "webhook_url", "definition",
-            "created_at", "updated_at",
+            "slug",
+            "name",
+            "organization",
+            "is_active",
+            "inactive_reason",
+            "published_version",
+            "has_unpublished_changes",
+            "trigger",
+            "settings",
+            "webhook_url",
+            "definition",
+            "created_at",
+            "updated_at",
         ]
         read_only_fields = fields
 
@@ -42,7 +54,10 @@ class WorkflowPatchSerializer(serializers.ModelSerializer):
         unknown = set(self.initial_data) - set(self.fields)
         if unknown:
             raise serializers.ValidationError(
-                {key: "cannot be changed here (use PUT .../draft/ for the definition)" for key in sorted(unknown)}
+                {
+                    key: "cannot be changed here (use PUT .../draft/ for the definition)"
+                    for key in sorted(unknown)
+                }
             )
         return attrs
 

@@ -29,7 +29,10 @@ def definition_problems(exc: DefinitionError) -> DefinitionInvalid:
 
 
 class WorkflowViewSet(
-    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
 ):
     """Workflows of your organizations. POST takes the definition document (DESIGN §3)."""
 
@@ -39,7 +42,10 @@ class WorkflowViewSet(
     lookup_value_regex = "[a-z0-9-]+"
     permission_classes = [IsAuthenticated, OrganizationRole]
     action_roles = {
-        "partial_update": CAN_EDIT, "destroy": CAN_EDIT, "draft": CAN_EDIT, "publish": CAN_EDIT,
+        "partial_update": CAN_EDIT,
+        "destroy": CAN_EDIT,
+        "draft": CAN_EDIT,
+        "publish": CAN_EDIT,
         "trigger": CAN_EXECUTE,
     }
 
@@ -47,7 +53,9 @@ class WorkflowViewSet(
         return obj.organization
 
     def get_queryset(self):
-        qs = Workflow.objects.select_related("organization", "current_version").order_by("organization__slug", "slug")
+        qs = Workflow.objects.select_related("organization", "current_version").order_by(
+            "organization__slug", "slug"
+        )
         return scope_to_user(qs, self.request.user)
 
     def get_object(self):
@@ -59,7 +67,11 @@ class WorkflowViewSet(
         if not found:
             raise NotFound(f"No workflow {self.kwargs['slug']!r} in your organizations.")
         if len(found) > 1:
-            raise ValidationError({"organization": "several of your organizations have this slug; add ?organization=<slug>"})
+            raise ValidationError(
+                {
+                    "organization": "several of your organizations have this slug; add ?organization=<slug>"
+                }
+            )
         self.check_object_permissions(self.request, found[0])
         return found[0]
 
@@ -84,7 +96,9 @@ class WorkflowViewSet(
             if organization is None:
                 if organizations_for(self.request.user).filter(slug=slug).exists():
                     raise PermissionDenied(f"This needs the {CAN_EDIT} role (or higher) in {slug}.")
-                raise ValidationError({"organization": f"you are not a member of an organization {slug!r}"})
+                raise ValidationError(
+                    {"organization": f"you are not a member of an organization {slug!r}"}
+                )
             return organization
         options = list(organizations_for(self.request.user)[:2])
         if not options:
@@ -92,7 +106,9 @@ class WorkflowViewSet(
         if len(options) > 1:
             raise ValidationError({"organization": "required: you belong to several organizations"})
         if not editable.filter(pk=options[0].pk).exists():
-            raise PermissionDenied(f"This needs the {CAN_EDIT} role (or higher) in {options[0].slug}.")
+            raise PermissionDenied(
+                f"This needs the {CAN_EDIT} role (or higher) in {options[0].slug}."
+            )
         return options[0]
 
     @extend_schema(request=WorkflowPatchSerializer, responses=WorkflowSerializer)
@@ -135,7 +151,9 @@ class WorkflowViewSet(
     @action(detail=True, methods=["get"])
     def versions(self, request, slug=None):
         workflow = self.get_object()
-        page = self.paginate_queryset(workflow.versions.select_related("workflow", "created_by").order_by("-number"))
+        page = self.paginate_queryset(
+            workflow.versions.select_related("workflow", "created_by").order_by("-number")
+        )
         return self.get_paginated_response(WorkflowVersionSerializer(page, many=True).data)
 
     @extend_schema(request=TriggerSerializer, responses={201: ExecutionDetailSerializer})
@@ -146,9 +164,13 @@ class WorkflowViewSet(
         body = TriggerSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         try:
-            execution = trigger_workflow(workflow, variables=body.validated_data["variables"], user=request.user)
+            execution = trigger_workflow(
+                workflow, variables=body.validated_data["variables"], user=request.user
+            )
         except WorkflowNotRunnable as exc:
             raise Conflict(str(exc)) from None
         except DefinitionError as exc:
             raise ValidationError({p.path: p.message for p in exc.problems}) from None
-        return Response(ExecutionDetailSerializer(execution, context={"request": request}).data, status=201)
+        return Response(
+            ExecutionDetailSerializer(execution, context={"request": request}).data, status=201
+        )

@@ -25,7 +25,9 @@ def run_worker_thread(index: int, stop: threading.Event) -> None:
     """A worker thread: blocking dequeue on the shared connection; restarts if it ever exits."""
     while not stop.is_set():
         worker = ThreadAgentWorker(
-            settings.OPSFLOW_QUEUES, connection=get_connection(), name=f"embedded-{index}-{secrets.token_hex(3)}"
+            settings.OPSFLOW_QUEUES,
+            connection=get_connection(),
+            name=f"embedded-{index}-{secrets.token_hex(3)}",
         )
         try:
             worker.work(burst=False, logging_level="WARNING")
@@ -40,9 +42,15 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=8000)
-        parser.add_argument("--workers", type=int, default=settings.OPSFLOW_WORKER_THREADS,
-                            help="Worker threads (default OPSFLOW_WORKER_THREADS).")
-        parser.add_argument("--no-seed", action="store_true", help="Do not create the demo workflows.")
+        parser.add_argument(
+            "--workers",
+            type=int,
+            default=settings.OPSFLOW_WORKER_THREADS,
+            help="Worker threads (default OPSFLOW_WORKER_THREADS).",
+        )
+        parser.add_argument(
+            "--no-seed", action="store_true", help="Do not create the demo workflows."
+        )
 
     def handle(self, *args, host, port, workers, no_seed, **options):
         import uvicorn
@@ -59,14 +67,29 @@ class Command(BaseCommand):
         stop = threading.Event()
         if embedded_redis:
             for index in range(max(workers, 1)):
-                threading.Thread(target=run_worker_thread, args=(index, stop), daemon=True,
-                                 name=f"opsflow-worker-{index}").start()
-            threading.Thread(target=SchedulerLoop(embedded=True).run, args=(stop,), daemon=True,
-                             name="opsflow-scheduler").start()
+                threading.Thread(
+                    target=run_worker_thread,
+                    args=(index, stop),
+                    daemon=True,
+                    name=f"opsflow-worker-{index}",
+                ).start()
+            threading.Thread(
+                target=SchedulerLoop(embedded=True).run,
+                args=(stop,),
+                daemon=True,
+                name="opsflow-scheduler",
+            ).start()
 
-        database = "SQLite (WAL) at " + str(settings.DATABASES["default"]["NAME"]) if embedded_db else "PostgreSQL/DATABASE_URL"
-        queue_side = (f"in-process fakeredis, {workers} worker thread(s), scheduler thread"
-                      if embedded_redis else "REDIS_URL (start workers and the scheduler from the Procfile)")
+        database = (
+            "SQLite (WAL) at " + str(settings.DATABASES["default"]["NAME"])
+            if embedded_db
+            else "PostgreSQL/DATABASE_URL"
+        )
+        queue_side = (
+            f"in-process fakeredis, {workers} worker thread(s), scheduler thread"
+            if embedded_redis
+            else "REDIS_URL (start workers and the scheduler from the Procfile)"
+        )
         self.stdout.write(self.style.SUCCESS("\nOpsflow is starting"))
         self.stdout.write(f"  URL:      {base_url}/")
         self.stdout.write(f"  Login:    {username} / {password}")
@@ -74,7 +97,9 @@ class Command(BaseCommand):
         self.stdout.write(f"  Database: {database}")
         self.stdout.write(f"  Queues:   {queue_side}\n")
         try:
-            uvicorn.run("config.asgi:application", host=host, port=port, lifespan="off", log_level="warning")
+            uvicorn.run(
+                "config.asgi:application", host=host, port=port, lifespan="off", log_level="warning"
+            )
         finally:
             stop.set()
 
@@ -98,4 +123,6 @@ class Command(BaseCommand):
         user = get_user_model().objects.filter(username=username).first()
         org = Organization.objects.filter(slug="demo").first()
         if user and org:
-            Membership.objects.get_or_create(organization=org, user=user, defaults={"role": Role.ADMIN})
+            Membership.objects.get_or_create(
+                organization=org, user=user, defaults={"role": Role.ADMIN}
+            )

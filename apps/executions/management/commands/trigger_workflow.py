@@ -33,15 +33,28 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("slug")
-        parser.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
-                            help="A variable; the value is read as YAML (numbers, true/false, lists).")
-        parser.add_argument("--wait", action="store_true", help="Wait for the end; exit 1 unless completed.")
-        parser.add_argument("--timeout", type=float, default=600, help="Seconds to wait (default 600).")
+        parser.add_argument(
+            "--var",
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help="A variable; the value is read as YAML (numbers, true/false, lists).",
+        )
+        parser.add_argument(
+            "--wait", action="store_true", help="Wait for the end; exit 1 unless completed."
+        )
+        parser.add_argument(
+            "--timeout", type=float, default=600, help="Seconds to wait (default 600)."
+        )
         organization_option(parser)
 
     def handle(self, *args, slug, var, wait, timeout, organization, **options):
         org = resolve_organization(organization)
-        workflow = Workflow.objects.filter(organization=org, slug=slug).select_related("current_version").first()
+        workflow = (
+            Workflow.objects.filter(organization=org, slug=slug)
+            .select_related("current_version")
+            .first()
+        )
         if workflow is None:
             raise CommandError(f"No workflow {slug!r} in {org.slug}.")
         variables = dict(parse_var(v) for v in var)
@@ -67,7 +80,9 @@ class Command(BaseCommand):
                 break
             time.sleep(0.2)
         else:
-            raise CommandError(f"Execution #{execution.pk} is still {execution.status} after {timeout:g}s.")
+            raise CommandError(
+                f"Execution #{execution.pk} is still {execution.status} after {timeout:g}s."
+            )
         message = f"Execution #{execution.pk} {execution.status} in {execution.duration_ms} ms."
         if execution.status != ExecutionStatus.COMPLETED:
             raise CommandError(f"{message} {execution.error_message}".strip())

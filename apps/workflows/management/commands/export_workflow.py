@@ -14,7 +14,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("slug")
         parser.add_argument("--format", choices=["yaml", "json"], default="yaml")
-        parser.add_argument("--version", type=int, help="A published version number instead of the draft.")
+        parser.add_argument(
+            "--version", type=int, help="A published version number instead of the draft."
+        )
         organization_option(parser)
 
     def handle(self, *args, slug, format, version, organization, **options):
@@ -28,4 +30,6 @@ class Command(BaseCommand):
             if found is None:
                 raise CommandError(f"{slug} has no version {version}.")
             definition = found.definition
-        self.stdout.write(dump_document(definition, format), ending="" if format == "yaml" else "\n")
+        self.stdout.write(
+            dump_document(definition, format), ending="" if format == "yaml" else "\n"
+        )

@@ -15,7 +15,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("file", help="Definition file (YAML or JSON); - reads standard input.")
-        parser.add_argument("--publish", action="store_true", help="Publish the draft as a new version.")
+        parser.add_argument(
+            "--publish", action="store_true", help="Publish the draft as a new version."
+        )
         organization_option(parser)
 
     def handle(self, *args, file, publish, organization, **options):
@@ -35,7 +37,9 @@ class Command(BaseCommand):
             org = resolve_organization(organization, create_default=True)
             workflow, created = import_workflow(org, document, publish=publish)
         except DefinitionError as exc:
-            raise CommandError("Invalid definition:\n" + "\n".join(f"  {p}" for p in exc.problems)) from None
+            raise CommandError(
+                "Invalid definition:\n" + "\n".join(f"  {p}" for p in exc.problems)
+            ) from None
         verb = "Created" if created else "Updated"
         published = f", published version {workflow.current_version.number}" if publish else ""
         self.stdout.write(self.style.SUCCESS(f"{verb} {workflow.slug} in {org.slug}{published}."))

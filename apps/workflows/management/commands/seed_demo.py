@@ -14,8 +14,11 @@ class Command(BaseCommand):
     help = "Create the demo organization and publish the demo workflows (idempotent)."
 
     def add_arguments(self, parser):
-        parser.add_argument("--base-url", default=settings.OPSFLOW_BASE_URL,
-                            help="The portal's own URL, used by the health-check demo.")
+        parser.add_argument(
+            "--base-url",
+            default=settings.OPSFLOW_BASE_URL,
+            help="The portal's own URL, used by the health-check demo.",
+        )
 
     def handle(self, *args, base_url, **options):
         org, _ = Organization.objects.get_or_create(slug="demo", defaults={"name": "Demo"})
@@ -25,4 +28,6 @@ class Command(BaseCommand):
                 document["variables"]["base_url"]["default"] = base_url.rstrip("/")
             workflow, created = import_workflow(org, document, publish=True)
             verb = "created" if created else "updated"
-            self.stdout.write(f"Demo workflow {workflow.slug} {verb} (version {workflow.current_version.number}).")
+            self.stdout.write(
+                f"Demo workflow {workflow.slug} {verb} (version {workflow.current_version.number})."
+            )
