@@ -52,6 +52,9 @@ class WorkflowAdmin(OrganizationScopedAdmin, admin.ModelAdmin):
     inlines = [WorkflowVersionInline]
     actions = ["publish_selected"]
 
+    def get_inlines(self, request, obj=None):
+        return self.inlines if obj is not None else []
+
     def get_fields(self, request, obj=None):
         if obj is None:
             return ["organization", "definition"]

@@ -34,7 +34,10 @@ class WorkflowDefinitionForm(forms.ModelForm):
             self.fields["definition"].initial = dump_document(self.instance.draft)
             self.fields.pop("organization", None)
         else:
-            self.fields["organization"].queryset = organizations_for(user, CAN_EDIT)
+            editable = organizations_for(user, CAN_EDIT)
+            self.fields["organization"].queryset = editable
+            if editable.count() == 1:
+                self.fields["organization"].initial = editable.first()
             self.fields["definition"].initial = STARTER
         self.problems: list[str] = []
 
