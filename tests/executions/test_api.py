@@ -14,11 +14,10 @@ from apps.executions.choices import EventKind, ExecutionStatus, StepStatus, Trig
 from apps.executions.models import Execution
 from apps.executions.services import trigger_workflow
 from apps.workflows.models import Workflow, WorkflowVersion
+from tests.api_errors import detail_paths, error_of
 from tests.factories import chain_definition, make_workflow
 
 EXECUTIONS = "/api/v1/executions/"
-
-ERROR_KEYS = {"code", "message", "details"}
 
 
 def trigger_url(slug: str) -> str:
@@ -59,22 +58,6 @@ def greet_definition(greeting: str = "hello") -> dict[str, Any]:
         ],
         "edges": [{"from": "hello", "to": "echo"}],
     }
-
-
-def error_of(response) -> dict[str, Any]:
-    """The body's `error` object, after checking that it has exactly the contract's keys."""
-    body = response.json()
-    assert set(body) == {"error"}, body
-    assert set(body["error"]) == ERROR_KEYS, body
-    assert isinstance(body["error"]["code"], str) and body["error"]["code"]
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
-    return body["error"]
-
-
-def detail_paths(response) -> set[str]:
-    details = error_of(response)["details"]
-    assert isinstance(details, list), details
-    return {detail["path"] for detail in details}
 
 
 def ids_of(response) -> set[int]:

@@ -13,11 +13,10 @@ from apps.accounts.models import Membership
 from apps.executions.models import Execution
 from apps.executions.services import trigger_workflow
 from apps.workflows.models import Workflow, WorkflowVersion
+from tests.api_errors import detail_paths, error_of
 from tests.factories import chain_definition, make_user, make_workflow
 
 WORKFLOWS = "/api/v1/workflows/"
-
-ERROR_KEYS = {"code", "message", "details"}
 
 
 def workflow_url(slug: str, action: str = "") -> str:
@@ -39,22 +38,6 @@ def deploy_definition(**overrides: Any) -> dict[str, Any]:
     }
     document.update(overrides)
     return document
-
-
-def error_of(response) -> dict[str, Any]:
-    """The body's `error` object, after checking that it has exactly the contract's keys."""
-    body = response.json()
-    assert set(body) == {"error"}, body
-    assert set(body["error"]) == ERROR_KEYS, body
-    assert isinstance(body["error"]["code"], str) and body["error"]["code"]
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
-    return body["error"]
-
-
-def detail_paths(response) -> set[str]:
-    details = error_of(response)["details"]
-    assert isinstance(details, list), details
-    return {detail["path"] for detail in details}
 
 
 @pytest.fixture
