@@ -16,4 +16,3 @@ ROLE_RANK = {Role.VIEWER: 0, Role.OPERATOR: 1, Role.EDITOR: 2, Role.ADMIN: 3}
 CAN_READ = Role.VIEWER
 CAN_EXECUTE = Role.OPERATOR  # "execute automation": trigger, cancel, approve
 CAN_EDIT = Role.EDITOR  # edit drafts, publish, import
-CAN_MANAGE = Role.ADMIN

@@ -17,14 +17,6 @@ class ExecutionStatus(models.TextChoices):
 EXECUTION_TERMINAL = frozenset(
     {ExecutionStatus.COMPLETED, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED}
 )
-EXECUTION_ACTIVE = frozenset(
-    {
-        ExecutionStatus.PENDING,
-        ExecutionStatus.RUNNING,
-        ExecutionStatus.RETRYING,
-        ExecutionStatus.INTERRUPTED,
-    }
-)
 # States in which the engine may still start steps of the execution.
 EXECUTION_ADVANCING = frozenset(
     {

@@ -67,18 +67,3 @@ class MaxFileSizeExceededError(NodeError):
 class MaxResultsExceededError(NodeError):
     auto_retry = False
 
-
-AUTO_RETRY_TYPES = frozenset(
-    c.__name__ for c in (ConnectionError, RateLimitError, OutOfSpaceError, ModuleTimeoutError)
-)
-NO_AUTO_RETRY_TYPES = frozenset(
-    c.__name__
-    for c in (
-        DataError,
-        InvalidConfigurationError,
-        InvalidAccessTokenError,
-        UnexpectedError,
-        MaxFileSizeExceededError,
-        MaxResultsExceededError,
-    )
-)

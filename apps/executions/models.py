@@ -13,7 +13,6 @@ from django.utils import timezone
 from apps.executions.choices import (
     EXECUTION_ADVANCING,
     EXECUTION_TERMINAL,
-    STEP_OPEN,
     STEP_RUNNABLE,
     EventKind,
     ExecutionStatus,
@@ -299,10 +298,6 @@ class Step(models.Model):
             status=StepStatus.CANCELLED, finished_at=timezone.now()
         )
         return node_ids
-
-    @property
-    def is_open(self) -> bool:
-        return self.status in STEP_OPEN
 
 
 class ExecutionEvent(models.Model):

@@ -6,7 +6,6 @@ Plugins add types with `@register`: subclass NodeType, set `name`, `outcomes`, a
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -75,20 +74,3 @@ def cap_text(value: str | bytes, cap: int | None = None) -> tuple[str, bool]:
     if truncated:
         raw = raw[:cap]
     return raw.decode("utf-8", "replace"), truncated
-
-
-def require(
-    config: dict[str, Any],
-    key: str,
-    kind: type | tuple[type, ...],
-    problems: list[Problem],
-    label: str,
-) -> None:
-    if key not in config or config[key] is None:
-        problems.append((key, "required"))
-    elif not isinstance(config[key], kind):
-        problems.append((key, f"must be {label}"))
-
-
-def json_size(value: Any) -> int:
-    return len(json.dumps(value, default=str).encode())
