@@ -42,7 +42,11 @@ class ExecutionAdmin(OrganizationScopedAdmin, admin.ModelAdmin):
         "triggered_by",
     ]
     list_display_links = None
-    list_filter = ["status", "trigger", "workflow"]
+    list_filter = [
+        "status",
+        "trigger",
+        ("workflow", admin.RelatedOnlyFieldListFilter),
+    ]  # scoped choices
     search_fields = ["workflow__name", "workflow__slug"]
     list_select_related = ["workflow", "version", "triggered_by"]
     date_hierarchy = "created_at"

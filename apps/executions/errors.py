@@ -66,4 +66,3 @@ class MaxFileSizeExceededError(NodeError):
 
 class MaxResultsExceededError(NodeError):
     auto_retry = False
-

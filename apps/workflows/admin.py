@@ -9,7 +9,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from apps.accounts.admin_mixins import OrganizationScopedAdmin
-from apps.accounts.choices import CAN_EDIT, CAN_EXECUTE
+from apps.accounts.choices import CAN_EDIT, CAN_EXECUTE, CAN_READ
 from apps.accounts.permissions import has_role
 from apps.executions.services import WorkflowNotRunnable, trigger_workflow
 from apps.workflows.definition import DefinitionError
@@ -30,6 +30,10 @@ class WorkflowVersionInline(admin.TabularInline):
     def has_add_permission(self, request, obj=None):
         return False
 
+    def has_view_permission(self, request, obj=None):
+        # Members read versions by their role, not by Django's model permissions.
+        return obj is None or has_role(request.user, obj.organization, CAN_READ)
+
     def has_change_permission(self, request, obj=None):
         return False
 
@@ -39,7 +43,10 @@ class WorkflowAdmin(OrganizationScopedAdmin, admin.ModelAdmin):
     form = WorkflowDefinitionForm
     change_form_template = "admin/workflows/workflow/change_form.html"
     list_display = ["name", "slug", "organization", "published", "is_active", "updated_at"]
-    list_filter = ["organization", "is_active"]
+    list_filter = [
+        ("organization", admin.RelatedOnlyFieldListFilter),
+        "is_active",
+    ]  # scoped choices
     search_fields = ["name", "slug"]
     readonly_fields = [
         "slug",

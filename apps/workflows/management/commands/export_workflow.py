@@ -11,6 +11,10 @@ from apps.workflows.models import Workflow
 class Command(BaseCommand):
     help = "Print a workflow's definition (the draft, or a published version) as YAML or JSON."
 
+    def create_parser(self, prog_name, subcommand, **kwargs):
+        # Our --version (a workflow version) replaces Django's --version (the Django release).
+        return super().create_parser(prog_name, subcommand, conflict_handler="resolve", **kwargs)
+
     def add_arguments(self, parser):
         parser.add_argument("slug")
         parser.add_argument("--format", choices=["yaml", "json"], default="yaml")

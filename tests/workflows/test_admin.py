@@ -1,0 +1,463 @@
+"""The admin: add and edit workflows as YAML, publish, run now, scoping, and execution pages."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import yaml
+from django.contrib.messages import get_messages
+from django.utils.html import escape
+
+from apps.executions.choices import ExecutionStatus
+from apps.executions.models import Execution
+from apps.executions.services import trigger_workflow
+from apps.workflows.models import Workflow, WorkflowVersion
+from tests.factories import make_workflow
+
+WORKFLOWS = "/workflows/workflow/"
+EXECUTIONS = "/executions/execution/"
+
+VALID_YAML = """\
+slug: deploy
+name: Deploy web
+variables:
+  host: {type: string, required: true}
+  retries: {type: integer, default: 2}
+nodes:
+  - id: check
+    type: noop
+    config: {output: {host: "{{ vars.host }}"}}
+  - id: restart
+    type: noop
+edges:
+  - {from: check, to: restart}
+"""
+
+# Two mistakes: a slug with a space and capitals, and a node type that does not exist.
+TWO_MISTAKES_YAML = """\
+slug: Deploy Web
+name: Deploy web
+nodes:
+  - id: check
+    type: no.such.type
+edges: []
+"""
+
+
+def deploy_definition(**overrides: Any) -> dict[str, Any]:
+    definition: dict[str, Any] = yaml.safe_load(VALID_YAML)
+    definition.update(overrides)
+    return definition
+
+
+def change_url(workflow: Workflow) -> str:
+    return f"{WORKFLOWS}{workflow.pk}/change/"
+
+
+def publish_url(workflow: Workflow) -> str:
+    return f"{WORKFLOWS}{workflow.pk}/publish/"
+
+
+def run_url(workflow: Workflow) -> str:
+    return f"{WORKFLOWS}{workflow.pk}/run/"
+
+
+def execution_url(execution: Execution) -> str:
+    return f"{EXECUTIONS}{execution.pk}/change/"
+
+
+def form_errors(response) -> list[str]:
+    """Every error of the admin form, as plain strings."""
+    form = response.context["adminform"].form
+    return [str(message) for messages in form.errors.values() for message in messages]
+
+
+def resubmitted(response, **changes: Any) -> dict[str, Any]:
+    """What the browser posts back from a rendered admin change form, with `changes` applied."""
+    forms = [response.context["adminform"].form]
+    for inline in response.context["inline_admin_formsets"]:
+        forms += [inline.formset.management_form, *inline.formset.forms]
+    data = {}
+    for form in forms:
+        for bound in form:
+            value = bound.value()
+            if value is not None and value is not False:
+                data[bound.html_name] = value
+    return {**data, **changes}
+
+
+@pytest.fixture
+def deploy(org) -> Workflow:
+    return make_workflow(org, deploy_definition())
+
+
+# --- adding and editing as YAML ---
+
+
+def test_adding_a_workflow_with_two_mistakes_shows_both_problems_with_their_paths(
+    client, org, editor
+):
+    client.force_login(editor)
+
+    response = client.post(
+        f"{WORKFLOWS}add/", {"organization": org.pk, "definition": TWO_MISTAKES_YAML}
+    )
+
+    assert response.status_code == 200
+    errors = form_errors(response)
+    assert any(error.startswith("slug: ") for error in errors), errors
+    assert any(error.startswith("nodes[0].type: unknown node type") for error in errors), errors
+    page = response.content.decode()
+    assert "slug: must be lowercase letters" in page
+    assert escape("nodes[0].type: unknown node type 'no.such.type'") in page
+    assert not Workflow.objects.exists()
+
+
+def test_adding_a_workflow_with_valid_yaml_stores_it_with_the_draft(client, org, editor):
+    client.force_login(editor)
+
+    response = client.post(f"{WORKFLOWS}add/", {"organization": org.pk, "definition": VALID_YAML})
+
+    assert response.status_code == 302
+    workflow = Workflow.objects.get()
+    assert (workflow.organization, workflow.slug, workflow.name) == (org, "deploy", "Deploy web")
+    assert workflow.created_by == editor
+    assert [node["id"] for node in workflow.draft["nodes"]] == ["check", "restart"]
+    assert workflow.draft["variables"]["retries"]["default"] == 2
+    assert workflow.current_version is None
+
+
+def test_editing_a_workflow_with_an_error_shows_it_inline_and_leaves_the_draft_unchanged(
+    client, editor, deploy
+):
+    client.force_login(editor)
+    draft_before = deploy.draft
+    broken = VALID_YAML.replace("to: restart", "to: ghost")
+
+    page = client.get(change_url(deploy))
+
+    response = client.post(change_url(deploy), resubmitted(page, definition=broken))
+
+    assert response.status_code == 200
+    assert escape("edges[0].to: no node with id 'ghost'") in response.content.decode()
+    deploy.refresh_from_db()
+    assert deploy.draft == draft_before
+
+
+def test_editing_a_workflow_with_valid_yaml_replaces_the_draft(client, editor, deploy):
+    client.force_login(editor)
+    renamed = VALID_YAML.replace("name: Deploy web", "name: Deploy web servers")
+
+    page = client.get(change_url(deploy))
+
+    response = client.post(change_url(deploy), resubmitted(page, definition=renamed))
+
+    assert response.status_code == 302
+    deploy.refresh_from_db()
+    assert deploy.name == "Deploy web servers"
+    assert deploy.draft["name"] == "Deploy web servers"
+    assert deploy.has_unpublished_changes
+
+
+def test_an_editor_sees_the_published_versions_on_the_change_page(client, editor, deploy):
+    client.force_login(editor)
+
+    response = client.get(change_url(deploy))
+
+    assert response.status_code == 200
+    [versions] = response.context["inline_admin_formsets"]
+    assert versions.opts.model is WorkflowVersion
+    assert [form.original.number for form in versions] == [1]
+
+
+# --- publish ---
+
+
+def test_publishing_creates_version_one_and_an_unchanged_draft_creates_no_new_version(
+    client, org, editor
+):
+    workflow = make_workflow(org, deploy_definition(), publish=False)
+    client.force_login(editor)
+
+    first = client.post(publish_url(workflow))
+
+    assert first.status_code == 302
+    assert first.url == change_url(workflow)
+    assert [str(m) for m in get_messages(first.wsgi_request)] == [
+        "Version 1 of Deploy web is live."
+    ]
+    workflow.refresh_from_db()
+    assert workflow.current_version.number == 1
+    assert workflow.current_version.created_by == editor
+
+    second = client.post(publish_url(workflow))
+
+    assert second.status_code == 302
+    assert list(workflow.versions.values_list("number", flat=True)) == [1]
+
+
+def test_publishing_by_get_is_not_allowed(client, org, editor):
+    workflow = make_workflow(org, deploy_definition(), publish=False)
+    client.force_login(editor)
+
+    response = client.get(publish_url(workflow))
+
+    assert response.status_code == 405
+    assert not WorkflowVersion.objects.exists()
+
+
+def test_a_viewer_cannot_publish(client, org, viewer):
+    workflow = make_workflow(org, deploy_definition(), publish=False)
+    client.force_login(viewer)
+
+    response = client.post(publish_url(workflow))
+
+    assert response.status_code == 403
+    assert not WorkflowVersion.objects.exists()
+
+
+# --- run now ---
+
+
+def test_an_operator_sees_the_run_now_page_with_the_variables(client, operator, deploy):
+    client.force_login(operator)
+
+    response = client.get(run_url(deploy))
+
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "<code>host</code>" in page
+    assert "<code>retries</code>" in page
+    # The form starts from the defaults.
+    assert yaml.safe_load(response.context["form"]["variables"].value()) == {
+        "host": None,
+        "retries": 2,
+    }
+
+
+def test_running_with_variables_redirects_to_the_new_execution(client, operator, deploy):
+    client.force_login(operator)
+
+    response = client.post(run_url(deploy), {"variables": "host: web-1\nretries: 5\n"})
+
+    execution = Execution.objects.get()
+    assert response.status_code == 302
+    assert response.url == execution_url(execution)
+    assert execution.workflow == deploy
+    assert execution.version == deploy.current_version
+    assert execution.variables == {"host": "web-1", "retries": 5}
+    assert execution.triggered_by == operator
+
+
+def test_running_without_a_required_variable_shows_the_error_and_creates_nothing(
+    client, operator, deploy
+):
+    client.force_login(operator)
+
+    response = client.post(run_url(deploy), {"variables": "retries: 5\n"})
+
+    assert response.status_code == 200
+    assert response.context["form"].errors["variables"] == ["variables.host: required"]
+    assert "variables.host: required" in response.content.decode()
+    assert not Execution.objects.exists()
+
+
+def test_running_with_variables_that_are_not_yaml_shows_an_error(client, operator, deploy):
+    client.force_login(operator)
+
+    response = client.post(run_url(deploy), {"variables": "host: [web-1\n"})
+
+    assert response.status_code == 200
+    [error] = response.context["form"].errors["variables"]
+    assert error.startswith("not valid YAML or JSON")
+    assert "not valid YAML or JSON" in response.content.decode()
+    assert not Execution.objects.exists()
+
+
+def test_running_a_workflow_never_published_shows_why_and_creates_nothing(client, org, operator):
+    workflow = make_workflow(org, deploy_definition(), publish=False)
+    client.force_login(operator)
+
+    response = client.post(run_url(workflow), {"variables": "host: web-1"})
+
+    assert response.status_code == 200
+    assert response.context["form"].non_field_errors() == [
+        "Workflow 'deploy' has no published version; publish it first."
+    ]
+    assert not Execution.objects.exists()
+
+
+def test_a_viewer_cannot_open_or_post_the_run_now_page(client, viewer, deploy):
+    client.force_login(viewer)
+
+    assert client.get(run_url(deploy)).status_code == 403
+    assert client.post(run_url(deploy), {"variables": "host: web-1"}).status_code == 403
+    assert not Execution.objects.exists()
+
+
+# --- organization scoping ---
+
+
+def test_the_changelist_of_an_outsider_does_not_list_the_organizations_workflow(
+    client, outsider, deploy
+):
+    client.force_login(outsider)
+
+    response = client.get(WORKFLOWS)
+
+    assert response.status_code == 200
+    assert list(response.context["cl"].result_list) == []
+    assert "Deploy web" not in response.content.decode()
+
+
+def test_the_change_page_of_another_organizations_workflow_redirects_without_revealing_it(
+    client, outsider, deploy
+):
+    client.force_login(outsider)
+
+    response = client.get(change_url(deploy), follow=True)
+
+    # Django's admin answers a missing (here: out of scope) object with a redirect to the index.
+    assert response.redirect_chain == [("/", 302)]
+    page = response.content.decode()
+    assert f"ID “{deploy.pk}” doesn’t exist" in page
+    assert "Deploy web" not in page
+    assert "deploy" not in page.lower()
+
+
+def test_the_changelist_filters_of_an_outsider_do_not_name_other_organizations(
+    client, outsider, deploy
+):
+    client.force_login(outsider)
+
+    response = client.get(WORKFLOWS)
+
+    assert response.status_code == 200
+    assert deploy.organization.name not in response.content.decode()
+
+
+def test_an_outsider_cannot_publish_or_run_another_organizations_workflow(client, outsider, deploy):
+    client.force_login(outsider)
+
+    assert client.post(publish_url(deploy)).status_code == 404
+    assert client.get(run_url(deploy)).status_code == 404
+    assert client.post(run_url(deploy), {"variables": "host: web-1"}).status_code == 404
+    assert not Execution.objects.exists()
+
+
+# --- execution pages ---
+
+
+GREETING = {
+    "slug": "greet",
+    "name": "Greet",
+    "variables": {"who": {"type": "string", "default": "ops"}},
+    "nodes": [
+        {"id": "hello", "type": "noop", "config": {"output": {"greeting": "hello {{ vars.who }}"}}},
+        {"id": "done", "type": "noop"},
+    ],
+    "edges": [{"from": "hello", "to": "done"}],
+}
+
+
+@pytest.fixture
+def finished_execution(org, workers) -> Execution:
+    workflow = make_workflow(org, GREETING)
+    execution = workers.run_to_end(trigger_workflow(workflow, variables={"who": "team"}))
+    assert execution.status == ExecutionStatus.COMPLETED
+    return execution
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_execution_changelist_shows_the_status_badge_and_jobs(
+    client, viewer, finished_execution
+):
+    client.force_login(viewer)
+
+    response = client.get(EXECUTIONS)
+
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert 'class="opsflow-badge opsflow-completed"' in page
+    assert '<td class="field-jobs">2/2</td>' in page
+    assert f'href="{execution_url(finished_execution)}"' in page
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_execution_page_shows_steps_with_rendered_input_and_output_and_the_log(
+    client, viewer, finished_execution
+):
+    client.force_login(viewer)
+
+    response = client.get(execution_url(finished_execution))
+
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "<html" in page
+    hello = finished_execution.steps.get(node_id="hello")
+    assert hello.output == {"greeting": "hello team"}
+    assert escape(json.dumps(hello.output, indent=2)) in page
+    assert escape(json.dumps(hello.input, indent=2)) in page
+    assert "hello team" in page and "vars.who" not in page
+    assert "<strong>done</strong>" in page
+    for message in finished_execution.events.values_list("message", flat=True):
+        assert escape(message) in page
+    assert "Execution completed" in page
+    assert "hx-trigger" not in page
+
+
+@pytest.mark.django_db(transaction=True)
+def test_polling_a_finished_execution_answers_286_with_only_the_partial(
+    client, viewer, finished_execution
+):
+    client.force_login(viewer)
+
+    response = client.get(execution_url(finished_execution), headers={"HX-Request": "true"})
+
+    assert response.status_code == 286
+    page = response.content.decode()
+    assert "<html" not in page
+    assert page.lstrip().startswith('<div id="execution-detail"')
+    assert "hx-trigger" not in page
+    assert "hello team" in page
+
+
+def test_polling_an_unfinished_execution_answers_200_and_keeps_polling(
+    client, org, viewer, redis_conn
+):
+    execution = trigger_workflow(make_workflow(org, GREETING))
+    client.force_login(viewer)
+
+    response = client.get(execution_url(execution), headers={"HX-Request": "true"})
+
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "<html" not in page
+    assert 'hx-trigger="every 1s"' in page
+    assert f'hx-get="{execution_url(execution)}"' in page
+
+
+def test_an_outsider_cannot_open_another_organizations_execution(client, org, outsider, redis_conn):
+    execution = trigger_workflow(make_workflow(org, GREETING))
+    client.force_login(outsider)
+
+    assert client.get(execution_url(execution)).status_code == 404
+    listing = client.get(EXECUTIONS)
+    assert list(listing.context["cl"].result_list) == []
+
+
+def test_the_execution_changelist_filters_of_an_outsider_do_not_name_other_workflows(
+    client, org, outsider, redis_conn
+):
+    trigger_workflow(make_workflow(org, GREETING))
+    make_workflow(org, deploy_definition())
+    client.force_login(outsider)
+
+    response = client.get(EXECUTIONS)
+
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "Greet" not in page
+    assert "Deploy web" not in page
