@@ -146,17 +146,14 @@ def dispatch(
         if local is None and step.queue in local_queues and step.next_attempt_at is None:
             local = step
             continue
-        transaction.on_commit(
-            partial(
-                enqueue_step,
-                step.pk,
-                step.queue,
-                step.rq_job_id,
-                job_timeout(graph.nodes[step.node_id]),
-                step.next_attempt_at,
-            )
-        )
+        transaction.on_commit(partial(enqueue, step, graph))
     return local
+
+
+def enqueue(step: Step, graph: Graph) -> None:
+    """Send a dispatched step through RQ, with its backstop timeout and its not-before time."""
+    node = graph.nodes[step.node_id]
+    enqueue_step(step.pk, step.queue, step.rq_job_id, job_timeout(node), step.next_attempt_at)
 
 
 def advance(

@@ -25,7 +25,6 @@ from apps.executions.choices import (
     StepStatus,
     Trigger,
 )
-from apps.executions.dispatch import enqueue_step
 from apps.executions.models import Execution, Step
 from apps.executions.nodes import NodeContext, get_node_type
 from apps.executions.templating import build_context, render_value
@@ -111,8 +110,7 @@ def run_step_chain(step_id: int) -> None:
         step = run_step_once(step, agent)
         ran += 1
         if step is not None and not _may_continue_locally(agent, step, ran):
-            node = engine.graph_for(step.execution.version).nodes[step.node_id]
-            enqueue_step(step.pk, step.queue, step.rq_job_id, engine.job_timeout(node))
+            engine.enqueue(step, engine.graph_for(step.execution.version))
             step = None
 
 
@@ -141,13 +139,8 @@ def run_step_once(step_or_id: Step | int, agent: Agent | None) -> Step | None:
     execution = step.execution
     if step.status not in (StepStatus.PENDING, StepStatus.DISPATCHED):
         return None  # duplicate delivery, or cancelled before it ran: do nothing
-    if (
-        step.next_attempt_at and step.next_attempt_at > timezone.now()
-    ):  # arrived early: park it again
-        node = engine.graph_for(execution.version).nodes[step.node_id]
-        enqueue_step(
-            step.pk, step.queue, step.rq_job_id, engine.job_timeout(node), step.next_attempt_at
-        )
+    if step.next_attempt_at and step.next_attempt_at > timezone.now():
+        engine.enqueue(step, engine.graph_for(execution.version))  # arrived early: park it again
         return None
     if execution.status not in EXECUTION_ADVANCING:
         return None
