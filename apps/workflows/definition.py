@@ -70,8 +70,11 @@ class _Yaml12Loader(yaml.SafeLoader):
 
 
 _BOOL_TAG = "tag:yaml.org,2002:bool"
+_TIMESTAMP_TAG = (
+    "tag:yaml.org,2002:timestamp"  # YAML 1.2 has none; a date stays a string (and JSON)
+)
 _Yaml12Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL_TAG]
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_BOOL_TAG, _TIMESTAMP_TAG)]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _Yaml12Loader.add_implicit_resolver(
@@ -124,6 +127,11 @@ class _Validator:
         if not isinstance(doc, dict):
             self.add("", "the definition must be a mapping with slug, name, nodes and edges")
             raise DefinitionError(self.problems)
+        try:
+            json.dumps(doc, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            self.add("", f"the definition must hold only JSON values: {exc}")
+            raise DefinitionError(self.problems) from None
         out = copy.deepcopy(doc)
         for key in sorted(set(doc) - TOP_LEVEL_KEYS, key=str):
             self.add(str(key), "unknown field")
@@ -426,6 +434,18 @@ def matches_type(value: Any, vtype: str) -> bool:
 def validate_definition(doc: Any) -> dict[str, Any]:
     """Validate a parsed document; return it normalized or raise DefinitionError with every problem."""
     return _Validator(doc).run()
+
+
+def normalize(document: Any) -> dict[str, Any]:
+    """The validated definition with every default filled in, as versions store it (no `organization`)."""
+    definition = validate_definition(document)
+    definition.pop("organization", None)
+    return definition
+
+
+def as_draft(document: dict[str, Any]) -> dict[str, Any]:
+    """The document as its author wrote it, as drafts store it (no `organization`)."""
+    return {k: copy.deepcopy(v) for k, v in document.items() if k != "organization"}
 
 
 def resolve_variables(definition: dict[str, Any], supplied: Any) -> dict[str, Any]:

@@ -9,8 +9,8 @@ from apps.workflows.definition import (
     DefinitionError,
     dump_document,
     load_yaml,
+    normalize,
     parse_document,
-    validate_definition,
 )
 from apps.workflows.models import Workflow
 
@@ -44,14 +44,13 @@ class WorkflowDefinitionForm(forms.ModelForm):
     def clean_definition(self):
         try:
             document = parse_document(self.cleaned_data["definition"])
-            definition = validate_definition(document)
+            definition = normalize(document)
         except DefinitionError as exc:
             self.problems = [str(p) for p in exc.problems]
             raise forms.ValidationError(self.problems) from None
         if self.instance.pk and definition["slug"] != self.instance.slug:
             raise forms.ValidationError(f"slug: cannot change the slug of {self.instance.slug!r}")
-        definition.pop("organization", None)
-        return definition
+        return document  # stored as written; services normalize it again for versions
 
     def clean(self):
         cleaned = super().clean()

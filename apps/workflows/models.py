@@ -9,7 +9,7 @@ from django.db import models
 from django.urls import reverse
 
 from apps.accounts.models import Organization
-from apps.workflows.definition import Graph
+from apps.workflows.definition import Graph, normalize
 
 
 def new_webhook_key() -> str:
@@ -57,12 +57,14 @@ class Workflow(models.Model):
 
     @property
     def effective_definition(self) -> dict[str, Any]:
-        """What runs now: the published version, or the draft before the first publish."""
-        return self.current_version.definition if self.current_version_id else self.draft
+        """What runs now, normalized: the published version, or the draft before the first publish."""
+        return self.current_version.definition if self.current_version_id else normalize(self.draft)
 
     @property
     def has_unpublished_changes(self) -> bool:
-        return not self.current_version_id or self.current_version.definition != self.draft
+        return not self.current_version_id or self.current_version.definition != normalize(
+            self.draft
+        )
 
 
 class WorkflowVersion(models.Model):

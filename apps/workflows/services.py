@@ -8,13 +8,13 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 
 from apps.accounts.models import Organization
-from apps.workflows.definition import DefinitionError, Problem, validate_definition
+from apps.workflows.definition import DefinitionError, Problem, as_draft, normalize
 from apps.workflows.models import Workflow, WorkflowVersion
 
 
 def create_workflow(organization: Organization, document: Any, user=None) -> Workflow:
-    definition = validate_definition(document)
-    definition.pop("organization", None)
+    """Create a workflow whose draft is the document as written (validated first)."""
+    definition = normalize(document)
     if Workflow.objects.filter(organization=organization, slug=definition["slug"]).exists():
         raise DefinitionError(
             [Problem("slug", f"a workflow with slug {definition['slug']!r} already exists")]
@@ -25,7 +25,7 @@ def create_workflow(organization: Organization, document: Any, user=None) -> Wor
                 organization=organization,
                 slug=definition["slug"],
                 name=definition["name"],
-                draft=definition,
+                draft=as_draft(document),
                 created_by=user,
             )
     except IntegrityError:
@@ -36,13 +36,12 @@ def create_workflow(organization: Organization, document: Any, user=None) -> Wor
 
 def update_draft(workflow: Workflow, document: Any) -> Workflow:
     """Replace the draft. The slug may not change (it is the workflow's address)."""
-    definition = validate_definition(document)
-    definition.pop("organization", None)
+    definition = normalize(document)
     if definition["slug"] != workflow.slug:
         raise DefinitionError(
             [Problem("slug", f"cannot change the slug of {workflow.slug!r} here")]
         )
-    workflow.draft = definition
+    workflow.draft = as_draft(document)
     workflow.name = definition["name"]
     workflow.save(update_fields=["draft", "name", "updated_at"])
     return workflow
@@ -50,14 +49,14 @@ def update_draft(workflow: Workflow, document: Any) -> Workflow:
 
 @transaction.atomic
 def publish_workflow(workflow: Workflow, user=None) -> WorkflowVersion:
-    """Freeze the draft into the next version. An unchanged draft returns the current version."""
+    """Freeze the draft, normalized, into the next version. An unchanged draft returns the current one."""
     locked = Workflow.objects.select_for_update().get(pk=workflow.pk)
-    if locked.current_version_id and locked.current_version.definition == locked.draft:
+    definition = normalize(locked.draft)
+    if locked.current_version_id and locked.current_version.definition == definition:
         return locked.current_version
-    validate_definition(locked.draft)  # drafts are validated on save; this guards old rows
     number = (locked.versions.aggregate(n=Max("number"))["n"] or 0) + 1
     version = WorkflowVersion.objects.create(
-        workflow=locked, number=number, definition=locked.draft, created_by=user
+        workflow=locked, number=number, definition=definition, created_by=user
     )
     locked.current_version = version
     locked.save(update_fields=["current_version", "updated_at"])
@@ -69,15 +68,15 @@ def import_workflow(
     organization: Organization, document: Any, user=None, publish: bool = False
 ) -> tuple[Workflow, bool]:
     """Upsert by slug; returns (workflow, created)."""
-    definition = validate_definition(document)
+    definition = normalize(document)
     with transaction.atomic():
         existing = Workflow.objects.filter(
             organization=organization, slug=definition["slug"]
         ).first()
         if existing:
-            workflow, created = update_draft(existing, definition), False
+            workflow, created = update_draft(existing, document), False
         else:
-            workflow, created = create_workflow(organization, definition, user), True
+            workflow, created = create_workflow(organization, document, user), True
         if publish:
             publish_workflow(workflow, user)
     return workflow, created

@@ -68,7 +68,9 @@ def test_it_creates_a_workflow_from_a_json_definition(editor, org, api_for):
     }
     assert body["webhook_url"] == f"http://testserver/hooks/{workflow.webhook_key}/"
     assert [node["id"] for node in body["definition"]["nodes"]] == ["check", "restart"]
-    assert body["definition"]["edges"] == [{"from": "check", "to": "restart", "on": "success"}]
+    # the definition is the document as written (no defaults added); versions hold the normalized form
+    assert body["definition"]["edges"] == [{"from": "check", "to": "restart"}]
+    assert "retry" not in body["definition"]["nodes"][0]
     assert body["definition"]["variables"]["host"]["required"] is True
     assert workflow.draft == body["definition"]
     assert workflow.current_version is None

@@ -17,7 +17,7 @@ from apps.accounts.models import Organization
 from apps.executions.choices import ExecutionStatus
 from apps.executions.management.commands.standalone import Command as StandaloneCommand
 from apps.executions.models import Execution
-from apps.workflows.definition import load_yaml
+from apps.workflows.definition import load_yaml, normalize
 from apps.workflows.models import Workflow, WorkflowVersion
 from apps.workflows.services import update_draft
 from tests.factories import chain_definition, make_workflow
@@ -78,7 +78,8 @@ def test_import_with_publish_publishes_the_draft(org, tmp_path):
     assert "Created deploy in acme, published version 1." in output
     workflow = Workflow.objects.get()
     assert workflow.current_version.number == 1
-    assert workflow.current_version.definition == workflow.draft
+    assert workflow.current_version.definition == normalize(workflow.draft)
+    assert workflow.current_version.definition["edges"][0]["on"] == "success"  # defaults filled in
 
 
 def test_import_uses_the_organization_named_in_the_document(org, other_org, tmp_path):
@@ -126,6 +127,7 @@ def test_importing_a_missing_file_is_a_command_error(org, tmp_path):
 
 
 # --- export_workflow ---
+
 
 def test_export_prints_yaml_that_parses_back_to_the_definition(org):
     workflow = make_workflow(org, DEPLOY)
