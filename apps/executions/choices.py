@@ -55,6 +55,30 @@ STEP_FINISHED = frozenset(
 )
 
 
+class StepHandling(models.TextChoices):
+    """How a failed attempt was handled (DESIGN §6); blank while it is not a handled failure."""
+
+    NONE = "", "—"
+    ERROR_ROUTE = "error_route", "Error route"
+    CONTINUE = "continue", "Continued (on_error: continue)"
+    NOT_CRITICAL = "not_critical", "Ignored (not critical)"
+    MANUAL = "manual", "Marked succeeded by an operator"
+
+
+class IncompleteStatus(models.TextChoices):
+    UNRESOLVED = "unresolved", "Unresolved"
+    SCHEDULED = "scheduled", "Auto-retry scheduled"
+    RETRYING = "retrying", "Retrying"
+    RESOLVED = "resolved", "Resolved"
+    DISCARDED = "discarded", "Discarded"
+
+
+INCOMPLETE_OPEN = frozenset(
+    {IncompleteStatus.UNRESOLVED, IncompleteStatus.SCHEDULED, IncompleteStatus.RETRYING}
+)
+INCOMPLETE_RETRYABLE = frozenset({IncompleteStatus.UNRESOLVED, IncompleteStatus.SCHEDULED})
+
+
 class Trigger(models.TextChoices):
     MANUAL = "manual", "Manual"
     WEBHOOK = "webhook", "Webhook"
@@ -74,6 +98,15 @@ class EventKind(models.TextChoices):
     NODE_CANCELLED = "node_cancelled", "Node cancelled"
     CONDITION = "condition", "Condition evaluated"
     ERROR_ROUTED = "error_routed", "Error routed"
+    RETRY_SCHEDULED = "retry_scheduled", "Retry scheduled"
+    EXECUTION_INCOMPLETE = "execution_incomplete", "Stored as incomplete"
+    EXECUTION_RESUMED = "execution_resumed", "Execution resumed"
+    EXECUTION_CANCELLED = "execution_cancelled", "Execution cancelled"
+    EXECUTION_HELD = "execution_held", "Held (sequential processing)"
+    EXECUTION_RELEASED = "execution_released", "Released"
+    DATA_LOSS = "data_loss", "Incomplete execution not stored"
+    MANUAL_SUCCESS = "manual_success", "Marked succeeded"
+    RETRIGGERED = "retriggered", "Re-triggered"
     DUPLICATE_DELIVERY = "duplicate_delivery", "Duplicate delivery ignored"
 
 
@@ -92,4 +125,7 @@ STATUS_COLOURS = {
     StepStatus.DISPATCHED: "#6b7280",
     StepStatus.TIMEOUT: "#dc2626",
     StepStatus.SKIPPED: "#9ca3af",
+    IncompleteStatus.UNRESOLVED: "#c2410c",
+    IncompleteStatus.RESOLVED: "#16a34a",
+    IncompleteStatus.DISCARDED: "#6b7280",
 }

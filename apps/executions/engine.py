@@ -15,7 +15,15 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from apps.executions.choices import STEP_FAILED, STEP_FINISHED, STEP_OPEN, EventKind, StepStatus
+from apps.executions.choices import (
+    STEP_FAILED,
+    STEP_FINISHED,
+    STEP_OPEN,
+    EventKind,
+    IncompleteStatus,
+    StepHandling,
+    StepStatus,
+)
 from apps.executions.dispatch import enqueue_step
 from apps.executions.models import Execution, Step
 from apps.executions.nodes.base import REGISTRY
@@ -60,13 +68,17 @@ def job_timeout(node: dict[str, Any]) -> int:
     return int(node_timeout(node)) + JOB_TIMEOUT_MARGIN
 
 
-def fired_outcomes(status: str, node_type: str, output: Callable[[], Any]) -> set[str]:
+def fired_outcomes(
+    status: str, node_type: str, handling: str, output: Callable[[], Any]
+) -> set[str]:
     """The edge `on` values a finished step fires. `output` is only called when the type needs it."""
     if status == StepStatus.COMPLETED:
         kind = REGISTRY.get(node_type)
         extra = kind.fired(output() or {}) if kind and kind.fired_uses_output else set()
         return {"success", "always", *extra}
     if status in STEP_FAILED:
+        if handling == StepHandling.CONTINUE:
+            return {"success", "always"}  # on_error: continue treats the node as completed
         return {"error", "always"}
     return set()
 
@@ -78,15 +90,17 @@ class NodeState:
     step_id: int | None
     status: str
     node_type: str
+    attempt: int = 1
+    handling: str = ""
 
 
 def node_states(execution: Execution) -> dict[str, NodeState]:
     states: dict[str, NodeState] = {}
     rows = execution.steps.order_by("attempt", "id").values_list(
-        "id", "node_id", "status", "node_type"
+        "id", "node_id", "status", "node_type", "attempt", "handling"
     )
-    for step_id, node_id, status, node_type in rows:
-        states[node_id] = NodeState(step_id, status, node_type)
+    for step_id, node_id, status, node_type, attempt, handling in rows:
+        states[node_id] = NodeState(step_id, status, node_type, attempt, handling)
     return states
 
 
@@ -104,42 +118,56 @@ def template_nodes(latest: dict[str, Step]) -> dict[str, dict[str, Any]]:
         error = (
             {"type": step.error_type, "message": step.error_message} if step.error_type else None
         )
-        nodes[node_id] = {
-            "output": step.output if step.output is not None else {},
-            "status": step.status,
-            "error": error,
-        }
+        output = step.output if step.output is not None else {}
+        if step.handling == StepHandling.CONTINUE:
+            output = {}  # on_error: continue — completed with empty output
+        nodes[node_id] = {"output": output, "status": step.status, "error": error}
     return nodes
+
+
+def template_vars(variables: dict[str, Any], latest: dict[str, Step]) -> dict[str, Any]:
+    """`vars`: the trigger's variables, updated by completed `set` nodes in the order they finished."""
+    merged = dict(variables)
+    done = [s for s in latest.values() if s.node_type == "set" and s.status == StepStatus.COMPLETED]
+    for step in sorted(done, key=lambda s: (s.finished_at, s.pk)):
+        merged.update(step.output or {})
+    return merged
+
+
+def new_step(execution: Execution, graph: Graph, node_id: str, **fields: Any) -> Step:
+    """An unsaved `dispatched` step for a node; a delay node waits from this very instant."""
+    node = graph.nodes[node_id]
+    now = timezone.now()
+    if node["type"] == "delay" and "not_before" not in fields:
+        fields["not_before"] = now + timedelta(seconds=float(node["config"].get("seconds", 0)))
+    step = Step.new_dispatched(execution, node, **fields)
+    step.created_at = now
+    return step
 
 
 def dispatch(
     execution: Execution,
     graph: Graph,
-    node_ids: list[str],
+    steps: list[Step],
     local_queues: frozenset[str] = frozenset(),
 ) -> Step | None:
-    """Create `dispatched` step rows and enqueue them after commit.
+    """Insert `dispatched` step rows and enqueue them after commit.
 
     One step on a queue this worker serves may be returned instead of enqueued, for local
     continuation: the caller runs it after the commit, so the row is durable first.
     """
-    steps = []
-    now = timezone.now()
-    for node_id in node_ids:
-        node = graph.nodes[node_id]
-        not_before = None
-        if node["type"] == "delay":
-            not_before = now + timedelta(seconds=float(node["config"].get("seconds", 0)))
-        steps.append(Step.new_dispatched(execution, node, not_before=not_before))
+    if not steps:
+        return None
     Step.objects.bulk_create(steps)
     for s in steps:
         wait = f", not before {s.next_attempt_at:%H:%M:%S}" if s.next_attempt_at else ""
+        attempt = f" (attempt {s.attempt})" if s.attempt > 1 else ""
         execution.log(
             EventKind.NODE_DISPATCHED,
-            f"{s.node_id} dispatched to queue {s.queue}{wait}",
+            f"{s.node_id} dispatched to queue {s.queue}{attempt}{wait}",
             node_id=s.node_id,
             step=s,
-            at=now,
+            at=s.created_at,
         )
     local = None
     for step in steps:
@@ -156,24 +184,50 @@ def enqueue(step: Step, graph: Graph) -> None:
     enqueue_step(step.pk, step.queue, step.rq_job_id, job_timeout(node), step.next_attempt_at)
 
 
-def advance(
-    execution: Execution, graph: Graph, finished: Step, local_queues: frozenset[str]
+def dispatch_nodes(
+    execution: Execution,
+    graph: Graph,
+    node_ids: list[str],
+    local_queues: frozenset[str] = frozenset(),
 ) -> Step | None:
-    """After `finished` ended: dispatch or skip its node's successors, then maybe complete the run."""
+    return dispatch(
+        execution, graph, [new_step(execution, graph, n) for n in node_ids], local_queues
+    )
+
+
+def advance(
+    execution: Execution,
+    graph: Graph,
+    from_nodes: list[str],
+    local_queues: frozenset[str] = frozenset(),
+    finished: Step | None = None,
+    extra: list[Step] | None = None,
+) -> Step | None:
+    """Dispatch or skip the undecided successors of `from_nodes`, then maybe complete the run.
+
+    `finished` is the step just recorded (its output is in memory); `extra` are steps to
+    dispatch in the same batch (a resume's new attempts).
+    """
     states = node_states(execution)
+    extra = extra or []
+    for step in extra:
+        states[step.node_id] = NodeState(None, StepStatus.DISPATCHED, step.node_type, step.attempt)
 
     def fired(node_id: str) -> set[str]:
         state = states[node_id]
-        if state.step_id == finished.pk:
-            return fired_outcomes(state.status, state.node_type, lambda: finished.output)
+        if finished is not None and state.step_id == finished.pk:
+            return fired_outcomes(
+                state.status, state.node_type, state.handling, lambda: finished.output
+            )
         return fired_outcomes(
             state.status,
             state.node_type,
+            state.handling,
             lambda: Step.objects.values_list("output", flat=True).get(pk=state.step_id),
         )
 
-    to_check = [e["to"] for e in graph.outgoing[finished.node_id]]
-    ready: list[str] = []
+    to_check = [e["to"] for node_id in from_nodes for e in graph.outgoing[node_id]]
+    ready: list[Step] = []
     skipped: list[Step] = []
     while to_check:
         target = to_check.pop(0)
@@ -186,7 +240,7 @@ def advance(
         ):
             continue  # wait for every predecessor
         if any(e["on"] in fired(e["from"]) for e in incoming):
-            ready.append(target)
+            ready.append(new_step(execution, graph, target))
             states[target] = NodeState(None, StepStatus.DISPATCHED, graph.nodes[target]["type"])
         else:
             step = Step.new_skipped(execution, graph.nodes[target])
@@ -202,39 +256,31 @@ def advance(
                 node_id=s.node_id,
                 step=s,
             )
-    local = dispatch(execution, graph, ready, local_queues) if ready else None
-    if not ready and not any(state.status in STEP_OPEN for state in states.values()):
+    local = dispatch(execution, graph, extra + ready, local_queues)
+    if not extra and not ready and not any(state.status in STEP_OPEN for state in states.values()):
         execution.complete()
+        for record in execution.incomplete_records.open():
+            record.close(IncompleteStatus.RESOLVED)
     return local
 
 
-def handle_failure(execution: Execution, graph: Graph, step: Step) -> bool:
-    """Route a failed attempt. Returns True when the run goes on, False when the execution failed.
-
-    This is the walking-skeleton subset of DESIGN §6: an `error` edge handles the failure; a
-    non-critical node's failure is tolerated; anything else fails the execution at once.
-    """
-    node = graph.nodes[step.node_id]
-    if graph.has_error_route(step.node_id):
-        execution.log(
-            EventKind.ERROR_ROUTED,
-            f"{step.node_id} failed; following its error route",
-            node_id=step.node_id,
-            step=step,
+def resume(
+    execution: Execution, graph: Graph, overrides: dict[str, dict[str, Any]] | None = None
+) -> None:
+    """Go on after a stop: new attempts for the nodes that failed unhandled or were cancelled,
+    then decide whatever finished meanwhile. Completed steps are kept and not re-run."""
+    overrides = overrides or {}
+    states = node_states(execution)
+    again = [
+        new_step(
+            execution, graph, node_id, attempt=state.attempt + 1, overrides=overrides.get(node_id)
         )
-        return True
-    if not node.get("critical", True):
-        execution.log(
-            EventKind.ERROR_ROUTED,
-            f"{step.node_id} failed; not critical, the run goes on",
-            node_id=step.node_id,
-            step=step,
+        for node_id, state in states.items()
+        if node_id in graph.nodes
+        and (
+            state.status == StepStatus.CANCELLED
+            or (state.status in STEP_FAILED and not state.handling)
         )
-        return True
-    cancelled = Step.cancel_open(execution)
-    for node_id in cancelled:
-        execution.log(
-            EventKind.NODE_CANCELLED, f"{node_id} cancelled: the run failed", node_id=node_id
-        )
-    execution.fail(f"{step.node_id} failed with {step.error_type}: {step.error_message}")
-    return False
+    ]
+    finished = [n for n, st in states.items() if n in graph.nodes and st.status in STEP_FINISHED]
+    advance(execution, graph, finished, extra=again)

@@ -66,3 +66,25 @@ class MaxFileSizeExceededError(NodeError):
 
 class MaxResultsExceededError(NodeError):
     auto_retry = False
+
+
+_INCOMPLETE_POLICY = {
+    cls.__name__: cls.auto_retry
+    for cls in (
+        ConnectionError,
+        RateLimitError,
+        OutOfSpaceError,
+        ModuleTimeoutError,
+        DataError,
+        InvalidConfigurationError,
+        InvalidAccessTokenError,
+        UnexpectedError,
+        MaxFileSizeExceededError,
+        MaxResultsExceededError,
+    )
+}
+
+
+def incomplete_policy(error_type: str) -> bool | None:
+    """DESIGN §6 rule 5: True stores with auto-retry, False without, None fails the run."""
+    return _INCOMPLETE_POLICY.get(error_type)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import uuid
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -13,9 +13,13 @@ from django.utils import timezone
 from apps.executions.choices import (
     EXECUTION_ADVANCING,
     EXECUTION_TERMINAL,
+    INCOMPLETE_OPEN,
+    STEP_FAILED,
     STEP_RUNNABLE,
     EventKind,
     ExecutionStatus,
+    IncompleteStatus,
+    StepHandling,
     StepStatus,
     Trigger,
 )
@@ -140,18 +144,71 @@ class Execution(models.Model):
 
     # --- transitions (callers hold the execution's row lock, or rely on compare-and-swap) ---
     def mark_running(self) -> bool:
-        """pending → running, once, on the first step start. Compare-and-swap; safe without a lock."""
+        """pending/retrying → running when a step starts. Compare-and-swap; safe without a lock."""
         now = timezone.now()
-        changed = Execution.objects.filter(pk=self.pk, status=ExecutionStatus.PENDING).update(
-            status=ExecutionStatus.RUNNING, started_at=now
-        )
+        if self.status == ExecutionStatus.PENDING:
+            changed = Execution.objects.filter(pk=self.pk, status=ExecutionStatus.PENDING).update(
+                status=ExecutionStatus.RUNNING, started_at=now
+            )
+            if changed:
+                self.status, self.started_at = ExecutionStatus.RUNNING, now
+                self.log(EventKind.EXECUTION_STARTED, "Execution started", at=now)
+            return bool(changed)
+        changed = Execution.objects.filter(
+            pk=self.pk, status__in=[ExecutionStatus.RETRYING, ExecutionStatus.INTERRUPTED]
+        ).update(status=ExecutionStatus.RUNNING)
         if changed:
-            self.status, self.started_at = ExecutionStatus.RUNNING, now
-            self.log(EventKind.EXECUTION_STARTED, "Execution started", at=now)
+            self.status = ExecutionStatus.RUNNING
         return bool(changed)
 
+    def _move(self, allowed: frozenset[str] | set[str], status: str) -> None:
+        if self.status not in allowed:
+            raise IllegalTransition(f"execution {self.pk} is {self.status}; cannot become {status}")
+        self.status = status
+        self.save(update_fields=["status"])
+
+    def mark_retrying(self) -> None:
+        """A node waits for its next attempt (the caller holds the row lock)."""
+        if self.status != ExecutionStatus.RETRYING:
+            self._move(EXECUTION_ADVANCING, ExecutionStatus.RETRYING)
+
+    def mark_incomplete(self, reason: str) -> None:
+        """Stopped with an incomplete execution stored for an operator (DESIGN §6)."""
+        self.error_message = reason
+        self.save(update_fields=["error_message"])
+        self._move(EXECUTION_ADVANCING, ExecutionStatus.INCOMPLETE)
+        self.log(EventKind.EXECUTION_INCOMPLETE, f"Stored as an incomplete execution: {reason}")
+
+    def resume(self, message: str) -> None:
+        """incomplete → running: an operator or the auto-retry resumes the same execution."""
+        self._move({ExecutionStatus.INCOMPLETE}, ExecutionStatus.RUNNING)
+        self.error_message = ""
+        self.save(update_fields=["error_message"])
+        self.log(EventKind.EXECUTION_RESUMED, message)
+
+    def hold(self) -> None:
+        """Created while earlier runs wait as incomplete executions (sequential processing)."""
+        self._move({ExecutionStatus.PENDING}, ExecutionStatus.SCHEDULED)
+        self.log(
+            EventKind.EXECUTION_HELD, "Held: the workflow has unresolved incomplete executions"
+        )
+
+    def release(self) -> None:
+        self._move({ExecutionStatus.SCHEDULED}, ExecutionStatus.PENDING)
+        self.log(
+            EventKind.EXECUTION_RELEASED, "Released: no unresolved incomplete executions remain"
+        )
+
+    def cancel(self, who: str) -> None:
+        if self.status in EXECUTION_TERMINAL:
+            raise IllegalTransition(f"execution {self.pk} is already {self.status}")
+        now = timezone.now()
+        self.status, self.finished_at = ExecutionStatus.CANCELLED, now
+        self.save(update_fields=["status", "finished_at"])
+        self.log(EventKind.EXECUTION_CANCELLED, f"Cancelled by {who}", at=now)
+
     def _finish(self, status: str, kind: str, message: str, error: str = "") -> None:
-        if self.status not in EXECUTION_ADVANCING:
+        if self.status not in EXECUTION_ADVANCING | {ExecutionStatus.INCOMPLETE}:
             raise IllegalTransition(f"execution {self.pk} is {self.status}; cannot become {status}")
         now = timezone.now()
         self.status, self.finished_at = status, now
@@ -197,6 +254,13 @@ class Step(models.Model):
     next_attempt_at = models.DateTimeField(
         null=True, blank=True, help_text="Not to run before this time (delays, retries)."
     )
+    retry_number = models.PositiveIntegerField(
+        default=0, help_text="0 for a first attempt (or a resume); n for the node's n-th retry."
+    )
+    handling = models.CharField(max_length=16, choices=StepHandling.choices, blank=True, default="")
+    overrides = models.JSONField(
+        null=True, blank=True, help_text="Operator edits for this attempt: input and/or bundles."
+    )
 
     class Meta:
         ordering = ["created_at", "id"]
@@ -220,6 +284,8 @@ class Step(models.Model):
         node: dict[str, Any],
         attempt: int = 1,
         not_before: datetime | None = None,
+        retry_number: int = 0,
+        overrides: dict[str, Any] | None = None,
     ) -> Step:
         """An unsaved step row, already `dispatched` with its RQ job id, for bulk creation."""
         return cls(
@@ -231,6 +297,8 @@ class Step(models.Model):
             queue=node.get("queue") or "default",
             rq_job_id=uuid.uuid4().hex,
             next_attempt_at=not_before,
+            retry_number=retry_number,
+            overrides=overrides,
         )
 
     @classmethod
@@ -245,6 +313,32 @@ class Step(models.Model):
             started_at=now,
             finished_at=now,
         )
+
+    @classmethod
+    def manual_success(cls, failed: Step, output: dict[str, Any], who: str) -> Step:
+        """A completed attempt recorded by an operator in place of a failed one."""
+        now = timezone.now()
+        return cls.objects.create(
+            execution=failed.execution,
+            node_id=failed.node_id,
+            node_type=failed.node_type,
+            attempt=failed.attempt + 1,
+            status=StepStatus.COMPLETED,
+            queue=failed.queue,
+            worker=f"manual:{who}"[:200],
+            input=failed.input,
+            output=output,
+            handling=StepHandling.MANUAL,
+            started_at=now,
+            finished_at=now,
+        )
+
+    def mark_handled(self, handling: str) -> None:
+        """Record how a failed attempt was handled (it stays failed: the row is the truth)."""
+        if self.status not in STEP_FAILED:
+            raise IllegalTransition(f"step {self.pk} is {self.status}; only a failure is handled")
+        self.handling = handling
+        self.save(update_fields=["handling"])
 
     def start(self, worker: str) -> bool:
         """dispatched → running. Compare-and-swap, so a duplicate delivery does nothing."""
@@ -318,3 +412,99 @@ class ExecutionEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%H:%M:%S} {self.kind} {self.message}"
+
+
+class IncompleteExecutionQuerySet(models.QuerySet):
+    def open(self) -> IncompleteExecutionQuerySet:
+        return self.filter(status__in=INCOMPLETE_OPEN)
+
+    def stored_bytes(self, organization_id: int) -> int:
+        """What unresolved records of one organization hold, against its storage limit."""
+        total = (
+            self.open()
+            .filter(organization_id=organization_id)
+            .aggregate(n=models.Sum("size_bytes"))
+        )
+        return total["n"] or 0
+
+
+class IncompleteExecution(models.Model):
+    """A failed run kept for an operator to fix and resume (DESIGN §6)."""
+
+    execution = models.ForeignKey(
+        Execution, on_delete=models.CASCADE, related_name="incomplete_records"
+    )
+    workflow = models.ForeignKey(
+        Workflow, on_delete=models.CASCADE, related_name="incomplete_executions"
+    )
+    organization = models.ForeignKey(
+        "accounts.Organization", on_delete=models.CASCADE, related_name="incomplete_executions"
+    )
+    node_id = models.CharField(max_length=64)
+    error_type = models.CharField(max_length=64, db_index=True)
+    error_message = models.TextField(blank=True)
+    status = models.CharField(
+        max_length=16,
+        choices=IncompleteStatus.choices,
+        default=IncompleteStatus.UNRESOLVED,
+        db_index=True,
+    )
+    auto_retry = models.BooleanField(default=False)
+    attempts = models.PositiveIntegerField(
+        default=0, help_text="Retries made so far (automatic or not)."
+    )
+    next_retry_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    size_bytes = models.PositiveBigIntegerField(default=0)
+    bundles = models.JSONField(default=dict, blank=True)
+    blueprint = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+    closed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    objects = IncompleteExecutionQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"incomplete #{self.pk} of execution #{self.execution_id} ({self.status})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("admin:executions_incompleteexecution_change", args=[self.pk])
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in INCOMPLETE_OPEN
+
+    def schedule_or_park(self, ladder: list[int]) -> None:
+        """After a failure: the next auto-retry from the ladder, or unresolved when none is left."""
+        if self.auto_retry and self.attempts < len(ladder):
+            self.status = IncompleteStatus.SCHEDULED
+            self.next_retry_at = timezone.now() + timedelta(seconds=ladder[self.attempts])
+        else:
+            self.status = IncompleteStatus.UNRESOLVED
+            self.next_retry_at = None
+
+    def begin_retry(self) -> bool:
+        """unresolved/scheduled → retrying. Compare-and-swap: two clicks never both retry."""
+        changed = IncompleteExecution.objects.filter(
+            pk=self.pk, status__in=[IncompleteStatus.UNRESOLVED, IncompleteStatus.SCHEDULED]
+        ).update(
+            status=IncompleteStatus.RETRYING, attempts=models.F("attempts") + 1, next_retry_at=None
+        )
+        if changed:
+            self.refresh_from_db(fields=["status", "attempts", "next_retry_at"])
+        return bool(changed)
+
+    def close(self, status: str, user=None) -> bool:
+        """→ resolved or discarded, once. Compare-and-swap."""
+        now = timezone.now()
+        changed = IncompleteExecution.objects.filter(pk=self.pk, status__in=INCOMPLETE_OPEN).update(
+            status=status, closed_at=now, closed_by=user, next_retry_at=None
+        )
+        if changed:
+            self.status, self.closed_at, self.closed_by = status, now, user
+        return bool(changed)

@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import socket
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -20,12 +22,17 @@ from django.utils import timezone
 from apps.executions import engine, errors
 from apps.executions.choices import (
     EXECUTION_ADVANCING,
+    EXECUTION_TERMINAL,
+    INCOMPLETE_RETRYABLE,
+    STEP_FAILED,
     EventKind,
     ExecutionStatus,
+    IncompleteStatus,
+    StepHandling,
     StepStatus,
     Trigger,
 )
-from apps.executions.models import Execution, Step
+from apps.executions.models import Execution, IncompleteExecution, Step
 from apps.executions.nodes import NodeContext, get_node_type
 from apps.executions.templating import build_context, render_value
 from apps.executions.worker import Agent, current_agent
@@ -39,6 +46,16 @@ MAX_LOCAL_STEPS_PER_JOB = 200
 
 class WorkflowNotRunnable(Exception):
     """The workflow cannot start a run now (inactive, never published)."""
+
+
+class WrongState(Exception):
+    """The object is not in a state that allows this action; the message says why (HTTP 409)."""
+
+
+IEQ_FULL = (
+    "There is NOT ENOUGH SPACE to add a bundle to the IEQ. "
+    "The reason is: Too many incomplete executions."
+)
 
 
 def trigger_workflow(
@@ -81,8 +98,42 @@ def trigger_workflow(
             execution.log(
                 EventKind.CREATED, f"Created by {trigger} trigger{who} (version {version.number})"
             )
-            engine.dispatch(execution, graph, graph.entries)
+            if _must_hold(workflow, version):
+                execution.hold()
+            else:
+                engine.dispatch_nodes(execution, graph, graph.entries)
     return execution
+
+
+def _must_hold(workflow: Workflow, version: WorkflowVersion) -> bool:
+    """Sequential processing: hold new runs while incomplete executions (or held runs) wait."""
+    if not version.definition.get("settings", {}).get("sequential_processing"):
+        return False
+    return (
+        IncompleteExecution.objects.open().filter(workflow=workflow).exists()
+        or workflow.executions.filter(status=ExecutionStatus.SCHEDULED, scheduled_for=None).exists()
+    )
+
+
+def release_held(workflow: Workflow) -> int:
+    """Start the runs held by sequential processing, in arrival order, once none are incomplete."""
+    if IncompleteExecution.objects.open().filter(workflow=workflow).exists():
+        return 0
+    released = 0
+    held = workflow.executions.filter(status=ExecutionStatus.SCHEDULED, scheduled_for=None)
+    for execution_id in held.order_by("created_at", "id").values_list("id", flat=True):
+        with transaction.atomic():
+            execution = (
+                Execution.objects.select_for_update().select_related("version").get(pk=execution_id)
+            )
+            if execution.status != ExecutionStatus.SCHEDULED:
+                continue
+            with execution.batched_log():
+                execution.release()
+                graph = engine.graph_for(execution.version)
+                engine.dispatch_nodes(execution, graph, graph.entries)
+            released += 1
+    return released
 
 
 # --- running one step: the job wrapper calls run_step_chain ---
@@ -95,6 +146,7 @@ class Attempt:
     output: Any
     error_type: str = ""
     error_message: str = ""
+    retry_after: float | None = None
 
 
 def _agent_name(agent: Agent | None) -> str:
@@ -146,8 +198,8 @@ def run_step_once(step_or_id: Step | int, agent: Agent | None) -> Step | None:
         return None
     if not step.start(_agent_name(agent)):
         return None  # someone else started it (duplicate delivery) or it was cancelled
-    if execution.status == ExecutionStatus.PENDING:
-        execution.mark_running()
+    if execution.status != ExecutionStatus.RUNNING:
+        execution.mark_running()  # pending, or back from retrying
 
     graph = engine.graph_for(execution.version)
     node = graph.nodes[step.node_id]
@@ -159,13 +211,21 @@ def _run_node(execution: Execution, step: Step, node: dict[str, Any], graph) -> 
     rendered: Any = None
     try:
         node_type = get_node_type(node["type"])
-        nodes = (
-            engine.template_nodes(engine.latest_steps(execution))
-            if step.node_id in graph.templated
-            else {}
-        )
+        variables, nodes = execution.variables, {}
+        if step.node_id in graph.templated:
+            latest = engine.latest_steps(execution)
+            variables, nodes = (
+                engine.template_vars(variables, latest),
+                engine.template_nodes(latest),
+            )
+        overrides = step.overrides or {}
+        if "bundles" in overrides:  # an operator's edits of what the failed node maps
+            bundles = overrides["bundles"]
+            variables = bundles.get("variables", variables)
+            for node_id, data in (bundles.get("nodes") or {}).items():
+                nodes[node_id] = {**nodes.get(node_id, {}), **data}
         context = build_context(
-            execution.variables,
+            variables,
             {"type": execution.trigger, "data": execution.trigger_data},
             nodes,
             {
@@ -174,10 +234,13 @@ def _run_node(execution: Execution, step: Step, node: dict[str, Any], graph) -> 
             },
         )
         raw_config = node.get("config") or {}
-        rendered = {
-            k: (v if k in node_type.raw_keys else render_value(v, context))
-            for k, v in raw_config.items()
-        }
+        if "input" in overrides:  # an operator's edited input replaces the rendered config
+            rendered = overrides["input"]
+        else:
+            rendered = {
+                k: (v if k in node_type.raw_keys else render_value(v, context))
+                for k, v in raw_config.items()
+            }
         if not _is_json(rendered):
             bad, rendered = rendered, None
             raise errors.DataError(
@@ -203,7 +266,9 @@ def _run_node(execution: Execution, step: Step, node: dict[str, Any], graph) -> 
         status = (
             StepStatus.TIMEOUT if isinstance(exc, errors.ModuleTimeoutError) else StepStatus.FAILED
         )
-        return Attempt(status, rendered, exc.output or None, exc.type_name, exc.message)
+        return Attempt(
+            status, rendered, exc.output or None, exc.type_name, exc.message, exc.retry_after
+        )
     except Exception as exc:  # a bug in a node: recorded as UnexpectedError, never lost
         logger.exception("node %s of execution %s raised", node.get("id"), execution.pk)
         return Attempt(
@@ -243,14 +308,12 @@ def _route(
     execution: Execution, graph, step: Step, attempt: Attempt, local_queues: frozenset[str]
 ) -> Step | None:
     if execution.status not in EXECUTION_ADVANCING:
-        return None  # cancelled or failed meanwhile: the result is recorded, nothing more starts
-    if attempt.status == StepStatus.COMPLETED:
-        if step.node_type == "set":
-            execution.variables = {**execution.variables, **(attempt.output or {})}
-            execution.save(update_fields=["variables"])
-    elif not engine.handle_failure(execution, graph, step):
+        return None  # cancelled or stopped meanwhile: the result is recorded, nothing more starts
+    if attempt.status != StepStatus.COMPLETED and not route_failure(
+        execution, graph, step, attempt
+    ):
         return None
-    return engine.advance(execution, graph, step, local_queues)
+    return engine.advance(execution, graph, [step.node_id], local_queues, finished=step)
 
 
 def _log_attempt(execution: Execution, step: Step, attempt: Attempt) -> None:
@@ -285,3 +348,321 @@ def _log_attempt(execution: Execution, step: Step, attempt: Attempt) -> None:
             step=step,
             data={"error_type": attempt.error_type, "status": attempt.status},
         )
+
+
+# --- failure semantics (DESIGN §6) ---
+
+
+def retry_delay(retry: dict[str, Any], number: int, retry_after: float | None) -> float:
+    """Seconds before retry `number` (1-based). Fixed: `delay`; exponential: delay·2^(n-1) with
+    upward jitter, capped at `max_delay`. A server's Retry-After is the minimum."""
+    delay = float(retry.get("delay") or 0)
+    if retry.get("backoff") == "exponential":
+        delay = min(
+            delay * 2 ** (number - 1) * random.uniform(1.0, 1.25), float(retry["max_delay"])
+        )
+    return max(delay, retry_after or 0.0)
+
+
+def route_failure(execution: Execution, graph, step: Step, attempt: Attempt) -> bool:
+    """Apply DESIGN §6 in order. True: the graph goes on from this node; False: it stops here."""
+    node = graph.nodes[step.node_id]
+    retry = node.get("retry") or {}
+    # 1. node retries
+    if step.retry_number < int(retry.get("max_retries") or 0):
+        number = step.retry_number + 1
+        delay = retry_delay(retry, number, attempt.retry_after)
+        again = engine.new_step(
+            execution,
+            graph,
+            step.node_id,
+            attempt=step.attempt + 1,
+            retry_number=number,
+            not_before=timezone.now() + timedelta(seconds=delay),
+        )
+        engine.dispatch(execution, graph, [again])
+        execution.mark_retrying()
+        execution.log(
+            EventKind.RETRY_SCHEDULED,
+            f"{step.node_id}: retry {number} of {retry['max_retries']} in {delay:.1f}s",
+            node_id=step.node_id,
+            step=step,
+            data={"delay": delay, "retry": number},
+        )
+        return False
+    # 2. an error route handles it
+    if graph.has_error_route(step.node_id):
+        step.mark_handled(StepHandling.ERROR_ROUTE)
+        execution.log(
+            EventKind.ERROR_ROUTED,
+            f"{step.node_id} failed; following its error route",
+            node_id=step.node_id,
+            step=step,
+        )
+        return True
+    # 3. on_error
+    if node.get("on_error") == "continue":
+        step.mark_handled(StepHandling.CONTINUE)
+        execution.log(
+            EventKind.ERROR_ROUTED,
+            f"{step.node_id} failed; on_error is continue",
+            node_id=step.node_id,
+            step=step,
+        )
+        return True
+    if node.get("on_error") == "break":
+        store_incomplete(execution, graph, step, auto_retry=True)
+        return False
+    if not node.get("critical", True):
+        step.mark_handled(StepHandling.NOT_CRITICAL)
+        execution.log(
+            EventKind.ERROR_ROUTED,
+            f"{step.node_id} failed; it is not critical",
+            node_id=step.node_id,
+            step=step,
+        )
+        return True
+    # 4. the first node fails the run at once
+    if step.node_id in graph.entries:
+        _fail(execution, step, "it is an entry node")
+        return False
+    # 5. by error type, when storing is on
+    policy = errors.incomplete_policy(step.error_type)
+    if graph.settings.get("store_incomplete_executions") and policy is not None:
+        store_incomplete(execution, graph, step, auto_retry=policy)
+    else:
+        _fail(execution, step, "")
+    return False
+
+
+def _stop_open_steps(execution: Execution) -> None:
+    for node_id in Step.cancel_open(execution):
+        execution.log(
+            EventKind.NODE_CANCELLED, f"{node_id} not started: the run stopped", node_id=node_id
+        )
+
+
+def _fail(execution: Execution, step: Step, why: str) -> None:
+    _stop_open_steps(execution)
+    reason = f"{step.node_id} failed with {step.error_type}: {step.error_message}"
+    execution.fail(f"{reason} ({why})" if why else reason)
+    for record in execution.incomplete_records.open():
+        record.close(IncompleteStatus.DISCARDED)
+
+
+def _bundles(execution: Execution, graph, step: Step) -> dict[str, Any]:
+    """What the failed node could map: upstream outputs, the variables, and its rendered input."""
+    latest = engine.latest_steps(execution)
+    upstream = graph.upstream(step.node_id)
+    nodes = engine.template_nodes({n: s for n, s in latest.items() if n in upstream})
+    return {
+        "variables": engine.template_vars(execution.variables, latest),
+        "nodes": nodes,
+        "input": step.input,
+    }
+
+
+def store_incomplete(execution: Execution, graph, step: Step, *, auto_retry: bool) -> None:
+    """Stop the run as `incomplete` with a record an operator can resolve, within the storage limit."""
+    workflow = execution.workflow
+    bundles = _bundles(execution, graph, step)
+    blueprint = execution.version.definition
+    size = len(json.dumps({"blueprint": blueprint, "bundles": bundles}, default=str).encode())
+    record = execution.incomplete_records.open().first()  # a retried record fails again
+    used = IncompleteExecution.objects.stored_bytes(workflow.organization_id)
+    if record is not None:
+        used -= record.size_bytes
+    if used + size > settings.OPSFLOW_IE_STORAGE_LIMIT_BYTES:
+        _fail(execution, step, IEQ_FULL)
+        if graph.settings.get("allow_data_loss"):
+            execution.log(
+                EventKind.DATA_LOSS,
+                f"{IEQ_FULL} The run failed and was not kept.",
+                node_id=step.node_id,
+            )
+        else:
+            workflow.deactivate(IEQ_FULL)
+        return
+    if record is None:
+        record = IncompleteExecution(
+            execution=execution,
+            workflow=workflow,
+            organization_id=workflow.organization_id,
+            auto_retry=auto_retry,
+        )
+    record.node_id, record.error_type, record.error_message = (
+        step.node_id,
+        step.error_type,
+        step.error_message,
+    )
+    record.bundles, record.blueprint, record.size_bytes = bundles, blueprint, size
+    record.auto_retry = record.auto_retry or auto_retry
+    record.schedule_or_park(settings.OPSFLOW_IE_RETRY_SCHEDULE)
+    record.save()
+    _stop_open_steps(execution)
+    retry = f"; auto-retry at {record.next_retry_at:%H:%M:%S}" if record.next_retry_at else ""
+    execution.mark_incomplete(
+        f"{step.node_id} failed with {step.error_type}: {step.error_message}{retry}"
+    )
+
+
+def retry_incomplete(
+    record: IncompleteExecution,
+    *,
+    input: dict[str, Any] | None = None,
+    bundles: dict[str, Any] | None = None,
+    use_current_version: bool = False,
+    user=None,
+    auto: bool = False,
+) -> IncompleteExecution:
+    """Resume the same execution from the failed node; completed steps are kept, not re-run."""
+    with transaction.atomic():
+        execution = (
+            Execution.objects.select_for_update()
+            .select_related("workflow", "version")
+            .get(pk=record.execution_id)
+        )
+        record.refresh_from_db()
+        if record.status not in INCOMPLETE_RETRYABLE:
+            raise WrongState(
+                f"Incomplete execution #{record.pk} is {record.status}; it cannot be retried."
+            )
+        if execution.status != ExecutionStatus.INCOMPLETE:
+            raise WrongState(f"Execution #{execution.pk} is {execution.status}, not incomplete.")
+        if use_current_version:
+            current = execution.workflow.current_version
+            if current is None or record.node_id not in engine.graph_for(current).nodes:
+                raise WrongState(
+                    f"The current version has no node {record.node_id!r} to resume from."
+                )
+            execution.version = current
+            execution.save(update_fields=["version"])
+        if not record.begin_retry():
+            raise WrongState(f"Incomplete execution #{record.pk} is already being retried.")
+        overrides: dict[str, Any] = {}
+        if input is not None:
+            overrides["input"] = input
+        if bundles is not None:
+            overrides["bundles"] = bundles
+        who = "auto-retry" if auto else (user.username if user else "an operator")
+        with execution.batched_log():
+            execution.resume(
+                f"Resumed from {record.node_id} by {who} (attempt {record.attempts}"
+                f"{', edited input' if input is not None else ''}"
+                f"{', edited bundles' if bundles is not None else ''}"
+                f"{f', version {execution.version.number}' if use_current_version else ''})"
+            )
+            engine.resume(
+                execution,
+                engine.graph_for(execution.version),
+                {record.node_id: overrides} if overrides else None,
+            )
+    return record
+
+
+def discard_incomplete(record: IncompleteExecution, user=None) -> IncompleteExecution:
+    """Give up on a stored run: the record is discarded and the execution fails."""
+    with transaction.atomic():
+        execution = Execution.objects.select_for_update().get(pk=record.execution_id)
+        if not record.close(IncompleteStatus.DISCARDED, user):
+            raise WrongState(f"Incomplete execution #{record.pk} is already {record.status}.")
+        if execution.status == ExecutionStatus.INCOMPLETE:
+            who = user.username if user else "an operator"
+            execution.fail(f"Incomplete execution discarded by {who}")
+    _after_space_freed(record.workflow)
+    return record
+
+
+def _after_space_freed(workflow: Workflow) -> None:
+    workflow.refresh_from_db()
+    if not workflow.is_active and workflow.inactive_reason == IEQ_FULL:
+        used = IncompleteExecution.objects.stored_bytes(workflow.organization_id)
+        if used < settings.OPSFLOW_IE_STORAGE_LIMIT_BYTES:
+            workflow.reactivate()
+    release_held(workflow)
+
+
+def mark_step_succeeded(step: Step, output: dict[str, Any], user) -> Step:
+    """An operator records a failed step as succeeded with this output; the run goes on from it."""
+    if not isinstance(output, dict):
+        raise WrongState("output must be an object")
+    with transaction.atomic():
+        execution = (
+            Execution.objects.select_for_update()
+            .select_related("version", "workflow")
+            .get(pk=step.execution_id)
+        )
+        step.refresh_from_db()
+        latest = execution.steps.filter(node_id=step.node_id).order_by("-attempt").first()
+        if step.status not in STEP_FAILED or latest.pk != step.pk:
+            raise WrongState(f"Step #{step.pk} is not the latest failed attempt of {step.node_id}.")
+        if execution.status != ExecutionStatus.INCOMPLETE:
+            raise WrongState(
+                f"Execution #{execution.pk} is {execution.status}; only an incomplete execution "
+                "can go on from a step marked succeeded."
+            )
+        step.execution = execution
+        with execution.batched_log():
+            done = Step.manual_success(step, output, user.username)
+            execution.log(
+                EventKind.MANUAL_SUCCESS,
+                f"{step.node_id} marked succeeded by {user.username}",
+                node_id=step.node_id,
+                step=done,
+                data={"output": output},
+            )
+            for record in execution.incomplete_records.open():
+                record.close(IncompleteStatus.RESOLVED, user)
+            execution.resume(
+                f"Resumed after {step.node_id} was marked succeeded by {user.username}"
+            )
+            engine.resume(execution, engine.graph_for(execution.version))
+    _after_space_freed(execution.workflow)
+    return done
+
+
+def cancel_execution(execution: Execution, user=None) -> Execution:
+    """Running steps finish and are recorded; steps not started are cancelled; so is the run."""
+    with transaction.atomic():
+        locked = Execution.objects.select_for_update().get(pk=execution.pk)
+        if locked.status in EXECUTION_TERMINAL:
+            raise WrongState(f"Execution #{locked.pk} is already {locked.status}.")
+        with locked.batched_log():
+            for node_id in Step.cancel_open(locked):
+                locked.log(EventKind.NODE_CANCELLED, f"{node_id} cancelled", node_id=node_id)
+            locked.cancel(user.username if user else "an operator")
+        for record in locked.incomplete_records.open():
+            record.close(IncompleteStatus.DISCARDED, user)
+    _after_space_freed(locked.workflow)
+    return locked
+
+
+def retrigger_execution(execution: Execution, user=None) -> Execution:
+    """A new execution from the start, with the same variables, linked to the old one."""
+    new = trigger_workflow(
+        execution.workflow,
+        variables=execution.variables,
+        trigger=execution.trigger,
+        trigger_data=execution.trigger_data,
+        user=user,
+        retriggered_from=execution,
+    )
+    who = f" by {user.username}" if user and user.is_authenticated else ""
+    execution.log(EventKind.RETRIGGERED, f"Re-triggered{who} as execution #{new.pk}")
+    return new
+
+
+def run_due_incomplete_retries(now=None) -> int:
+    """The scheduler's auto-retry: every scheduled record whose time has come."""
+    now = now or timezone.now()
+    due = IncompleteExecution.objects.filter(
+        status=IncompleteStatus.SCHEDULED, next_retry_at__lte=now
+    )
+    done = 0
+    for record in due.order_by("next_retry_at")[:100]:
+        try:
+            retry_incomplete(record, auto=True)
+            done += 1
+        except WrongState:
+            continue  # someone else acted on it first
+    return done

@@ -486,6 +486,7 @@ class Graph:
             self.outgoing[edge["from"]].append(edge)
             self.incoming[edge["to"]].append(edge)
         self.entries = [n for n in self.order if not self.incoming[n]]
+        self.settings: dict[str, Any] = definition.get("settings") or {}
         # Nodes whose config reads the template context; the others run without loading it.
         self.templated = {
             n["id"]

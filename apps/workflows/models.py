@@ -51,6 +51,15 @@ class Workflow(models.Model):
     def get_absolute_url(self) -> str:
         return reverse("admin:workflows_workflow_change", args=[self.pk])
 
+    def deactivate(self, reason: str) -> None:
+        """Pause the workflow (no new runs) and show why."""
+        self.is_active, self.inactive_reason = False, reason[:500]
+        self.save(update_fields=["is_active", "inactive_reason", "updated_at"])
+
+    def reactivate(self) -> None:
+        self.is_active, self.inactive_reason = True, ""
+        self.save(update_fields=["is_active", "inactive_reason", "updated_at"])
+
     @property
     def published_number(self) -> int | None:
         return self.current_version.number if self.current_version_id else None
