@@ -1,7 +1,7 @@
 import django_filters
 
-from apps.executions.choices import ExecutionStatus, Trigger
-from apps.executions.models import Execution
+from apps.executions.choices import ExecutionStatus, IncompleteStatus, Trigger
+from apps.executions.models import Execution, IncompleteExecution
 
 
 class ExecutionFilterSet(django_filters.FilterSet):
@@ -16,3 +16,14 @@ class ExecutionFilterSet(django_filters.FilterSet):
     class Meta:
         model = Execution
         fields = ["workflow", "status", "trigger", "started_after", "started_before"]
+
+
+class IncompleteExecutionFilterSet(django_filters.FilterSet):
+    workflow = django_filters.CharFilter(field_name="workflow__slug", label="Workflow slug")
+    status = django_filters.MultipleChoiceFilter(choices=IncompleteStatus.choices)
+    error_type = django_filters.CharFilter()
+    node_id = django_filters.CharFilter()
+
+    class Meta:
+        model = IncompleteExecution
+        fields = ["workflow", "status", "error_type", "node_id"]

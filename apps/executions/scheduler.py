@@ -1,7 +1,9 @@
 """The scheduler process: one leader at a time, a loop of due work read from the database.
 
-For now the tick promotes due RQ scheduled jobs when running embedded; cron triggers, approval
-timeouts, incomplete-execution retries and the reconciler hook in here in later issues.
+Each tick: auto-retries of incomplete executions that are due, runs held by sequential
+processing whose workflow has no incomplete executions left, and dispatched steps whose RQ job
+was lost (a Redis restart, a crash between commit and enqueue). When embedded it also promotes
+due RQ scheduled jobs. Cron triggers and approval timeouts hook in here in later issues.
 """
 
 from __future__ import annotations
@@ -56,8 +58,17 @@ class SchedulerLoop:
             self.is_leader = False
 
     def tick(self) -> None:
+        from apps.executions.services import (
+            reconcile_lost_dispatches,
+            release_all_held,
+            run_due_incomplete_retries,
+        )
+
         if self.embedded:
             self._promote_scheduled_jobs()
+        run_due_incomplete_retries()
+        release_all_held()
+        reconcile_lost_dispatches()
 
     def _promote_scheduled_jobs(self) -> None:
         """Embedded only: worker threads do not run RQ's scheduler process, so the loop does."""

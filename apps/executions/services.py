@@ -666,3 +666,43 @@ def run_due_incomplete_retries(now=None) -> int:
         except WrongState:
             continue  # someone else acted on it first
     return done
+
+
+def release_all_held() -> int:
+    """Release held runs of every workflow that has some and no open incomplete execution."""
+    held = Execution.objects.filter(status=ExecutionStatus.SCHEDULED, scheduled_for=None)
+    workflow_ids = set(held.values_list("workflow_id", flat=True))
+    return sum(release_held(w) for w in Workflow.objects.filter(pk__in=workflow_ids))
+
+
+LOST_AFTER = timedelta(seconds=30)
+
+
+def reconcile_lost_dispatches(now=None) -> int:
+    """Re-enqueue dispatched steps that are due but have no RQ job (Redis lost it, or a worker
+    died between commit and enqueue). A duplicate delivery is harmless: starting is a CAS."""
+    from rq.job import Job
+
+    from apps.executions.dispatch import get_connection
+
+    now = now or timezone.now()
+    cutoff = now - LOST_AFTER
+    candidates = (
+        Step.objects.filter(status=StepStatus.DISPATCHED, created_at__lt=cutoff)
+        .exclude(next_attempt_at__gt=cutoff)
+        .select_related("execution__version")[:500]
+    )
+    connection = get_connection()
+    count = 0
+    for step in candidates:
+        if step.rq_job_id and Job.exists(step.rq_job_id, connection=connection):
+            continue
+        engine.enqueue(step, engine.graph_for(step.execution.version))
+        step.execution.log(
+            EventKind.NODE_DISPATCHED,
+            f"{step.node_id} re-enqueued: its RQ job was lost",
+            node_id=step.node_id,
+            step=step,
+        )
+        count += 1
+    return count

@@ -184,6 +184,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "ExecutionStatusEnum": "apps.executions.choices.ExecutionStatus",
+        "StepStatusEnum": "apps.executions.choices.StepStatus",
+        "IncompleteStatusEnum": "apps.executions.choices.IncompleteStatus",
+    },
 }
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")

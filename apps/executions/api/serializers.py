@@ -1,6 +1,6 @@
 from rest_framework import serializers
 
-from apps.executions.models import Execution, ExecutionEvent, Step
+from apps.executions.models import Execution, ExecutionEvent, IncompleteExecution, Step
 
 
 class StepSerializer(serializers.ModelSerializer):
@@ -24,6 +24,8 @@ class StepSerializer(serializers.ModelSerializer):
             "finished_at",
             "duration_ms",
             "next_attempt_at",
+            "retry_number",
+            "handling",
         ]
         read_only_fields = fields
 
@@ -75,7 +77,9 @@ class ExecutionDetailSerializer(ExecutionSerializer):
         return []  # approval gates arrive with the approvals issue
 
     def get_incomplete_execution(self, obj) -> int | None:
-        return None  # incomplete executions arrive with the failure-semantics issue
+        """The execution's open incomplete-execution record, else its latest one."""
+        records = sorted(obj.incomplete_records.all(), key=lambda r: (not r.is_open, -r.pk))
+        return records[0].pk if records else None
 
 
 class ExecutionEventSerializer(serializers.ModelSerializer):
@@ -85,3 +89,82 @@ class ExecutionEventSerializer(serializers.ModelSerializer):
         model = ExecutionEvent
         fields = ["id", "created_at", "kind", "node_id", "step", "message", "data"]
         read_only_fields = fields
+
+
+class IncompleteExecutionSerializer(serializers.ModelSerializer):
+    workflow = serializers.CharField(source="workflow.slug", read_only=True)
+
+    class Meta:
+        model = IncompleteExecution
+        fields = [
+            "id",
+            "execution",
+            "workflow",
+            "node_id",
+            "error_type",
+            "error_message",
+            "status",
+            "auto_retry",
+            "attempts",
+            "next_retry_at",
+            "size_bytes",
+            "created_at",
+            "updated_at",
+            "closed_at",
+        ]
+        read_only_fields = fields
+
+
+class IncompleteExecutionDetailSerializer(IncompleteExecutionSerializer):
+    class Meta(IncompleteExecutionSerializer.Meta):
+        fields = IncompleteExecutionSerializer.Meta.fields + ["bundles", "blueprint"]
+        read_only_fields = fields
+
+
+class RetrySerializer(serializers.Serializer):
+    input = serializers.JSONField(
+        required=False, help_text="Replaces the failed node's rendered input."
+    )
+    bundles = serializers.JSONField(
+        required=False, help_text="Edited variables and upstream outputs."
+    )
+    use_current_version = serializers.BooleanField(required=False, default=False)
+
+    def validate_input(self, value):
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("must be an object (the node's config)")
+        return value
+
+    def validate_bundles(self, value):
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("must be an object with variables and nodes")
+        if "variables" in value and not isinstance(value["variables"], dict):
+            raise serializers.ValidationError({"variables": "must be an object"})
+        if "nodes" in value and not isinstance(value["nodes"], dict):
+            raise serializers.ValidationError({"nodes": "must be an object of node ids"})
+        return value
+
+
+class BulkSerializer(serializers.Serializer):
+    ids = serializers.ListField(
+        child=serializers.IntegerField(min_value=1), required=False, max_length=1000
+    )
+    all_matching = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="Act on every record matching the query-string filters.",
+    )
+
+    def validate(self, attrs):
+        if not attrs.get("ids") and not attrs.get("all_matching"):
+            raise serializers.ValidationError("give ids, or all_matching: true with filters")
+        return attrs
+
+
+class MarkSucceededSerializer(serializers.Serializer):
+    output = serializers.JSONField()
+
+    def validate_output(self, value):
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("must be an object")
+        return value

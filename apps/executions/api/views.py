@@ -1,17 +1,30 @@
+from django.db.models import Prefetch
 from drf_spectacular.utils import extend_schema
-from rest_framework import viewsets
+from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound
 from rest_framework.permissions import IsAuthenticated
+from rest_framework.response import Response
 
+from apps.accounts.api.errors import Conflict
 from apps.accounts.api.permissions import OrganizationRole
-from apps.accounts.permissions import scope_to_user
+from apps.accounts.choices import CAN_EXECUTE
+from apps.accounts.permissions import has_role, scope_to_user
+from apps.executions import services
 from apps.executions.api.serializers import (
+    BulkSerializer,
     ExecutionDetailSerializer,
     ExecutionEventSerializer,
     ExecutionSerializer,
+    IncompleteExecutionDetailSerializer,
+    IncompleteExecutionSerializer,
+    MarkSucceededSerializer,
+    RetrySerializer,
+    StepSerializer,
 )
-from apps.executions.filtersets import ExecutionFilterSet
-from apps.executions.models import Execution
+from apps.executions.filtersets import ExecutionFilterSet, IncompleteExecutionFilterSet
+from apps.executions.models import Execution, IncompleteExecution
+from apps.workflows.definition import DefinitionError
 
 
 class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
@@ -19,6 +32,7 @@ class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
 
     filterset_class = ExecutionFilterSet
     permission_classes = [IsAuthenticated, OrganizationRole]
+    action_roles = {"cancel": CAN_EXECUTE, "retrigger": CAN_EXECUTE, "mark_succeeded": CAN_EXECUTE}
 
     def organization_of(self, obj):
         return obj.workflow.organization
@@ -27,14 +41,22 @@ class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
         qs = (
             Execution.objects.select_related("workflow__organization", "version", "triggered_by")
             .with_counts()
-            .order_by("-created_at", "-id")
-        )  # grouped queries ignore Meta.ordering
+            .order_by("-created_at", "-id")  # grouped queries ignore Meta.ordering
+        )
         if self.action == "retrieve":
-            qs = qs.prefetch_related("steps")
+            qs = qs.prefetch_related("steps", Prefetch("incomplete_records"))
         return scope_to_user(qs, self.request.user, field="workflow__organization")
 
     def get_serializer_class(self):
         return ExecutionDetailSerializer if self.action == "retrieve" else ExecutionSerializer
+
+    def _detail(self, execution, code=status.HTTP_200_OK):
+        fresh = (
+            self.get_queryset().prefetch_related("steps", "incomplete_records").get(pk=execution.pk)
+        )
+        return Response(
+            ExecutionDetailSerializer(fresh, context={"request": self.request}).data, status=code
+        )
 
     @extend_schema(responses=ExecutionEventSerializer(many=True))
     @action(detail=True, methods=["get"])
@@ -43,3 +65,129 @@ class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
         execution = self.get_object()
         page = self.paginate_queryset(execution.events.order_by("created_at", "id"))
         return self.get_paginated_response(ExecutionEventSerializer(page, many=True).data)
+
+    @extend_schema(request=None, responses=ExecutionDetailSerializer)
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, pk=None):
+        """Running steps finish and are recorded; steps not started are cancelled; so is the run."""
+        execution = self.get_object()
+        try:
+            services.cancel_execution(execution, request.user)
+        except services.WrongState as exc:
+            raise Conflict(str(exc)) from None
+        return self._detail(execution)
+
+    @extend_schema(request=None, responses={201: ExecutionDetailSerializer})
+    @action(detail=True, methods=["post"])
+    def retrigger(self, request, pk=None):
+        """A new execution from the start with the same variables, linked to this one."""
+        execution = self.get_object()
+        try:
+            new = services.retrigger_execution(execution, request.user)
+        except services.WorkflowNotRunnable as exc:
+            raise Conflict(str(exc)) from None
+        except DefinitionError as exc:
+            raise Conflict(f"The current version does not accept these variables: {exc}") from None
+        return self._detail(new, status.HTTP_201_CREATED)
+
+    @extend_schema(request=MarkSucceededSerializer, responses=StepSerializer)
+    @action(detail=True, methods=["post"], url_path=r"steps/(?P<step_id>[0-9]+)/mark-succeeded")
+    def mark_succeeded(self, request, pk=None, step_id=None):
+        """Record a failed step as succeeded with this output; the run goes on from it."""
+        execution = self.get_object()
+        step = execution.steps.filter(pk=step_id).first()
+        if step is None:
+            raise NotFound(f"Execution #{execution.pk} has no step #{step_id}.")
+        body = MarkSucceededSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            done = services.mark_step_succeeded(step, body.validated_data["output"], request.user)
+        except services.WrongState as exc:
+            raise Conflict(str(exc)) from None
+        return Response(StepSerializer(done).data, status=status.HTTP_201_CREATED)
+
+
+class IncompleteExecutionViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Failed runs stored for resolution (DESIGN §6). DELETE discards one."""
+
+    filterset_class = IncompleteExecutionFilterSet
+    permission_classes = [IsAuthenticated, OrganizationRole]
+    action_roles = {"retry": CAN_EXECUTE, "destroy": CAN_EXECUTE}
+
+    def organization_of(self, obj):
+        return obj.organization
+
+    def get_queryset(self):
+        qs = IncompleteExecution.objects.select_related("workflow", "organization").order_by(
+            "-created_at", "-id"
+        )
+        return scope_to_user(qs, self.request.user)
+
+    def get_serializer_class(self):
+        return (
+            IncompleteExecutionDetailSerializer
+            if self.action == "retrieve"
+            else IncompleteExecutionSerializer
+        )
+
+    @extend_schema(request=RetrySerializer, responses=IncompleteExecutionDetailSerializer)
+    @action(detail=True, methods=["post"])
+    def retry(self, request, pk=None):
+        """Resume the same execution from the failed node, optionally with edited input or bundles."""
+        record = self.get_object()
+        body = RetrySerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        try:
+            services.retry_incomplete(
+                record,
+                input=data.get("input"),
+                bundles=data.get("bundles"),
+                use_current_version=data["use_current_version"],
+                user=request.user,
+            )
+        except services.WrongState as exc:
+            raise Conflict(str(exc)) from None
+        record.refresh_from_db()
+        return Response(IncompleteExecutionDetailSerializer(record).data)
+
+    def perform_destroy(self, instance):
+        try:
+            services.discard_incomplete(instance, self.request.user)
+        except services.WrongState as exc:
+            raise Conflict(str(exc)) from None
+
+    def _bulk(self, request, act):
+        body = BulkSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        records = self.filter_queryset(self.get_queryset())
+        if body.validated_data.get("ids"):
+            records = records.filter(pk__in=body.validated_data["ids"])
+        done, skipped = [], []
+        for record in records[:1000]:
+            if not has_role(request.user, record.organization, CAN_EXECUTE):
+                skipped.append({"id": record.pk, "reason": "your role does not allow this"})
+                continue
+            try:
+                act(record)
+                done.append(record.pk)
+            except services.WrongState as exc:
+                skipped.append({"id": record.pk, "reason": str(exc)})
+        return Response({"done": done, "skipped": skipped})
+
+    @extend_schema(request=BulkSerializer)
+    @action(detail=False, methods=["post"], url_path="bulk-retry")
+    def bulk_retry(self, request):
+        """Retry the given ids, or every record matching the filters (`all_matching: true`)."""
+        return self._bulk(request, lambda r: services.retry_incomplete(r, user=request.user))
+
+    @extend_schema(request=BulkSerializer)
+    @action(detail=False, methods=["post"], url_path="bulk-discard")
+    def bulk_discard(self, request):
+        """Discard the given ids, or every record matching the filters (`all_matching: true`)."""
+        return self._bulk(request, lambda r: services.discard_incomplete(r, request.user))
