@@ -2,15 +2,27 @@ from __future__ import annotations
 
 import json
 
-from django.contrib import admin
-from django.shortcuts import get_object_or_404
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
+from django.urls import path, reverse
 from django.utils.html import format_html
 from django_htmx.http import HttpResponseStopPolling
 
 from apps.accounts.admin_mixins import OrganizationScopedAdmin
-from apps.executions.choices import STATUS_COLOURS
-from apps.executions.models import Execution
+from apps.accounts.choices import CAN_EXECUTE
+from apps.accounts.permissions import has_role
+from apps.executions import services
+from apps.executions.choices import (
+    EXECUTION_TERMINAL,
+    INCOMPLETE_RETRYABLE,
+    STATUS_COLOURS,
+    STEP_FAILED,
+    ExecutionStatus,
+)
+from apps.executions.models import Execution, IncompleteExecution
+from apps.workflows.definition import DefinitionError
 
 
 def status_badge(status: str, label: str | None = None):
@@ -100,18 +112,99 @@ class ExecutionAdmin(OrganizationScopedAdmin, admin.ModelAdmin):
             "steps": steps,
             "events": execution.events.order_by("created_at", "id"),
             "variables_json": _pretty(execution.variables),
-            "live": not execution.is_terminal,
+            # Poll while the engine moves the run; stop when it is over or waits for a human.
+            "live": execution.status not in EXECUTION_TERMINAL | {ExecutionStatus.INCOMPLETE},
+            "can_execute": has_role(request.user, execution.workflow.organization, CAN_EXECUTE),
+            "incomplete": execution.incomplete_records.order_by("-id").first(),
+            "failed_step_ids": _markable_steps(execution, steps),
         }
         if wants_partial(request):
             response = TemplateResponse(
                 request, "executions/partials/_execution_detail.html", context
             )
-            if execution.is_terminal:
+            if not context["live"]:
                 response.render()
                 stop = HttpResponseStopPolling(response.content)
                 return stop
             return response
         return TemplateResponse(request, "admin/executions/execution/detail.html", context)
+
+    def get_urls(self):
+        custom = [
+            path(
+                "<int:pk>/cancel/",
+                self.admin_site.admin_view(self.cancel_view),
+                name="executions_execution_cancel",
+            ),
+            path(
+                "<int:pk>/retrigger/",
+                self.admin_site.admin_view(self.retrigger_view),
+                name="executions_execution_retrigger",
+            ),
+            path(
+                "<int:pk>/steps/<int:step_id>/mark-succeeded/",
+                self.admin_site.admin_view(self.mark_succeeded_view),
+                name="executions_execution_mark_succeeded",
+            ),
+        ]
+        return custom + super().get_urls()
+
+    def _execution_for_action(self, request, pk: int) -> Execution:
+        if request.method != "POST":
+            raise PermissionDenied("Use the buttons on the execution page.")
+        execution = get_object_or_404(self.get_queryset(request), pk=pk)
+        if not has_role(request.user, execution.workflow.organization, CAN_EXECUTE):
+            raise PermissionDenied("This needs the operator role.")
+        return execution
+
+    def cancel_view(self, request, pk: int):
+        execution = self._execution_for_action(request, pk)
+        try:
+            services.cancel_execution(execution, request.user)
+            messages.success(
+                request,
+                f"Execution #{pk} cancelled. Steps already running finish and are recorded.",
+            )
+        except services.WrongState as exc:
+            messages.error(request, str(exc))
+        return redirect(execution.get_absolute_url())
+
+    def retrigger_view(self, request, pk: int):
+        execution = self._execution_for_action(request, pk)
+        try:
+            new = services.retrigger_execution(execution, request.user)
+        except (services.WorkflowNotRunnable, DefinitionError) as exc:
+            messages.error(request, f"Cannot re-trigger: {exc}")
+            return redirect(execution.get_absolute_url())
+        messages.success(
+            request, f"Execution #{new.pk} started from the start with the same variables."
+        )
+        return redirect(new.get_absolute_url())
+
+    def mark_succeeded_view(self, request, pk: int, step_id: int):
+        execution = self._execution_for_action(request, pk)
+        step = get_object_or_404(execution.steps, pk=step_id)
+        try:
+            output = json.loads(request.POST.get("output") or "{}")
+            services.mark_step_succeeded(step, output, request.user)
+            messages.success(
+                request, f"{step.node_id} marked succeeded; the run goes on from there."
+            )
+        except json.JSONDecodeError as exc:
+            messages.error(request, f"The output is not valid JSON: {exc}")
+        except services.WrongState as exc:
+            messages.error(request, str(exc))
+        return redirect(execution.get_absolute_url())
+
+
+def _markable_steps(execution: Execution, steps: list) -> set[int]:
+    """Failed steps an operator may mark succeeded: the latest attempt of each, on an incomplete run."""
+    if execution.status != ExecutionStatus.INCOMPLETE:
+        return set()
+    latest = {}
+    for step in steps:
+        latest[step.node_id] = step
+    return {s.pk for s in latest.values() if s.status in STEP_FAILED and not s.handling}
 
 
 def _pretty(value) -> str:
@@ -128,3 +221,178 @@ def _format_ms(ms: int | None) -> str:
     if ms < 60_000:
         return f"{ms / 1000:.1f} s"
     return f"{ms // 60_000} min {ms % 60_000 // 1000} s"
+
+
+def _human_bytes(size: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size} B"
+
+
+@admin.register(IncompleteExecution)
+class IncompleteExecutionAdmin(OrganizationScopedAdmin, admin.ModelAdmin):
+    """Failed runs kept for resolution, per workflow (filter) and across all of them."""
+
+    list_display = [
+        "id_link",
+        "workflow",
+        "execution_link",
+        "node_id",
+        "error_type",
+        "badge",
+        "auto_retry",
+        "attempts",
+        "next_retry_at",
+        "size",
+        "created_at",
+    ]
+    list_display_links = None
+    list_filter = ["status", "error_type", ("workflow", admin.RelatedOnlyFieldListFilter)]
+    search_fields = ["node_id", "error_message", "workflow__slug"]
+    list_select_related = ["workflow"]
+    actions = ["retry_selected", "discard_selected"]
+    change_role = CAN_EXECUTE
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.display(description="Record", ordering="id")
+    def id_link(self, obj):
+        return format_html('<a href="{}">#{}</a>', obj.get_absolute_url(), obj.pk)
+
+    @admin.display(description="Execution")
+    def execution_link(self, obj):
+        return format_html(
+            '<a href="{}">#{}</a>',
+            reverse("admin:executions_execution_change", args=[obj.execution_id]),
+            obj.execution_id,
+        )
+
+    @admin.display(description="Status", ordering="status")
+    def badge(self, obj):
+        return status_badge(obj.status)
+
+    @admin.display(description="Size", ordering="size_bytes")
+    def size(self, obj):
+        return _human_bytes(obj.size_bytes)
+
+    def _bulk(self, request, queryset, act, verb: str) -> None:
+        done, skipped = 0, []
+        for record in queryset:
+            if not has_role(request.user, record.organization, CAN_EXECUTE):
+                skipped.append(f"#{record.pk}: needs the operator role")
+                continue
+            try:
+                act(record)
+                done += 1
+            except services.WrongState as exc:
+                skipped.append(f"#{record.pk}: {exc}")
+        if done:
+            messages.success(request, f"{verb} {done} incomplete execution(s).")
+        for reason in skipped:
+            messages.warning(request, reason)
+
+    @admin.action(description="Retry selected incomplete executions")
+    def retry_selected(self, request, queryset):
+        self._bulk(
+            request, queryset, lambda r: services.retry_incomplete(r, user=request.user), "Retried"
+        )
+
+    @admin.action(description="Discard selected incomplete executions")
+    def discard_selected(self, request, queryset):
+        if request.POST.get("confirmed") != "yes":
+            context = {
+                **self.admin_site.each_context(request),
+                "title": "Discard incomplete executions?",
+                "opts": self.model._meta,
+                "records": queryset,
+                "action": "discard_selected",
+                "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+            }
+            return TemplateResponse(
+                request, "admin/executions/incompleteexecution/confirm_discard.html", context
+            )
+        self._bulk(
+            request, queryset, lambda r: services.discard_incomplete(r, request.user), "Discarded"
+        )
+        return None
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        record = get_object_or_404(
+            self.get_queryset(request).select_related("execution", "workflow"), pk=object_id
+        )
+        can_act = has_role(request.user, record.organization, CAN_EXECUTE)
+        bundles_text = _pretty(record.bundles)
+        input_text = (
+            _pretty(record.bundles.get("input")) if isinstance(record.bundles, dict) else ""
+        )
+        errors: list[str] = []
+        if request.method == "POST":
+            if not can_act:
+                raise PermissionDenied("This needs the operator role.")
+            action = request.POST.get("action")
+            bundles_text = request.POST.get("bundles", bundles_text)
+            input_text = request.POST.get("input", input_text)
+            try:
+                if action == "discard":
+                    services.discard_incomplete(record, request.user)
+                    messages.success(request, f"Incomplete execution #{record.pk} discarded.")
+                    return redirect(reverse("admin:executions_incompleteexecution_changelist"))
+                edits = _retry_edits(record, bundles_text, input_text)
+                services.retry_incomplete(
+                    record,
+                    use_current_version=action == "retry_current",
+                    user=request.user,
+                    **edits,
+                )
+                messages.success(
+                    request, f"Execution #{record.execution_id} resumed from {record.node_id}."
+                )
+                return redirect(
+                    reverse("admin:executions_execution_change", args=[record.execution_id])
+                )
+            except ValueError as exc:
+                errors.append(str(exc))
+            except services.WrongState as exc:
+                errors.append(str(exc))
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Incomplete execution #{record.pk}",
+            "opts": self.model._meta,
+            "record": record,
+            "badge": status_badge(record.status),
+            "size": _human_bytes(record.size_bytes),
+            "can_act": can_act and record.status in INCOMPLETE_RETRYABLE,
+            "can_discard": can_act and record.is_open,
+            "bundles_text": bundles_text,
+            "input_text": input_text,
+            "errors": errors,
+            "has_current": record.workflow.current_version_id != record.execution.version_id,
+        }
+        return TemplateResponse(
+            request, "admin/executions/incompleteexecution/detail.html", context
+        )
+
+
+def _retry_edits(record: IncompleteExecution, bundles_text: str, input_text: str) -> dict:
+    """Only what the operator changed is passed on: edited bundles and/or an edited input."""
+    edits = {}
+    try:
+        bundles = json.loads(bundles_text) if bundles_text.strip() else record.bundles
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"Bundles are not valid JSON: {exc}") from None
+    try:
+        new_input = json.loads(input_text) if input_text.strip() else None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"Input is not valid JSON: {exc}") from None
+    if not isinstance(bundles, dict):
+        raise ValueError("Bundles must be a JSON object with variables and nodes.")
+    if new_input is not None and not isinstance(new_input, dict):
+        raise ValueError("Input must be a JSON object (the node's config).")
+    if bundles != record.bundles:
+        edits["bundles"] = bundles
+    if new_input is not None and new_input != record.bundles.get("input"):
+        edits["input"] = new_input
+    return edits

@@ -176,6 +176,7 @@ class WorkflowAdmin(OrganizationScopedAdmin, admin.ModelAdmin):
 
     def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
         if obj is not None:
+            context["open_incomplete"] = obj.incomplete_executions.open().count()
             context["can_publish"] = has_role(request.user, obj.organization, CAN_EDIT)
             context["can_run"] = (
                 has_role(request.user, obj.organization, CAN_EXECUTE) and obj.current_version_id
