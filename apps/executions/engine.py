@@ -261,6 +261,7 @@ def advance(
         execution.complete()
         for record in execution.incomplete_records.open():
             record.close(IncompleteStatus.RESOLVED)
+            execution.freed_incomplete_space = True  # the caller reactivates/releases after commit
     return local
 
 

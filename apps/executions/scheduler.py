@@ -59,6 +59,7 @@ class SchedulerLoop:
 
     def tick(self) -> None:
         from apps.executions.services import (
+            reactivate_when_space_is_free,
             reconcile_lost_dispatches,
             release_all_held,
             run_due_incomplete_retries,
@@ -67,6 +68,7 @@ class SchedulerLoop:
         if self.embedded:
             self._promote_scheduled_jobs()
         run_due_incomplete_retries()
+        reactivate_when_space_is_free()
         release_all_held()
         reconcile_lost_dispatches()
 

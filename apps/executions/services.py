@@ -301,7 +301,10 @@ def record_attempt(step: Step, attempt: Attempt, agent: Agent | None) -> Step | 
                 error_message=attempt.error_message,
             )
             _log_attempt(execution, step, attempt)
-            return _route(execution, engine.graph_for(version), step, attempt, local_queues)
+            local = _route(execution, engine.graph_for(version), step, attempt, local_queues)
+    if getattr(execution, "freed_incomplete_space", False):
+        _after_space_freed(execution.workflow)
+    return local
 
 
 def _route(
@@ -496,7 +499,7 @@ def store_incomplete(execution: Execution, graph, step: Step, *, auto_retry: boo
         step.error_message,
     )
     record.bundles, record.blueprint, record.size_bytes = bundles, blueprint, size
-    record.auto_retry = record.auto_retry or auto_retry
+    record.auto_retry = auto_retry  # the latest failure's type decides (DESIGN §6 rule 5)
     record.schedule_or_park(settings.OPSFLOW_IE_RETRY_SCHEDULE)
     record.save()
     _stop_open_steps(execution)
@@ -557,6 +560,8 @@ def retry_incomplete(
                 engine.graph_for(execution.version),
                 {record.node_id: overrides} if overrides else None,
             )
+    if getattr(execution, "freed_incomplete_space", False):
+        _after_space_freed(execution.workflow)
     return record
 
 
@@ -666,6 +671,14 @@ def run_due_incomplete_retries(now=None) -> int:
         except WrongState:
             continue  # someone else acted on it first
     return done
+
+
+def reactivate_when_space_is_free() -> int:
+    """Backstop: workflows paused by a full incomplete-execution queue come back once it has room."""
+    paused = Workflow.objects.filter(is_active=False, inactive_reason=IEQ_FULL)
+    for workflow in paused:
+        _after_space_freed(workflow)
+    return len(paused)
 
 
 def release_all_held() -> int:

@@ -1,125 +1,70 @@
-"""End to end across processes: the HTTP API in a live server, a real `rqworker` process, PostgreSQL and Redis."""
+"""End to end across processes: the HTTP API in a live server, real `rqworker` and `run_scheduler`
+processes, PostgreSQL and Redis."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import socket
+import threading
 import time
-from pathlib import Path
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import httpx
 import pytest
-from django.conf import settings
-from django.core.management import call_command
 
-from apps.accounts.choices import Role
-from tests.factories import make_org, make_user
+from tests.e2e.conftest import needs_services
 
-ROOT = Path(__file__).resolve().parents[2]
-
-needs_services = pytest.mark.skipif(
-    not settings.REDIS_URL
-    or settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql",
-    reason="multi-process test needs REDIS_URL and a PostgreSQL DATABASE_URL (it runs in CI)",
-)
+pytestmark = [needs_services, pytest.mark.multiprocess]
 
 
-def _database_url() -> str:
-    db = settings.DATABASES["default"]
-    auth = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
-    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-
-
-@pytest.fixture
-def rq_worker_process(transactional_db, redis_conn):
-    """A real `manage.py rqworker` process on the test database and Redis."""
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "config.settings.base",
-        "DATABASE_URL": _database_url(),
-        "REDIS_URL": settings.REDIS_URL,
-        "SECRET_KEY": "e2e",
-    }
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "manage.py",
-            "rqworker",
-            "--worker-class",
-            "apps.executions.worker.AgentWorker",
-            "--with-scheduler",
-            "default",
-            "shell",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    yield process
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-
-
-@needs_services
-@pytest.mark.multiprocess
-def test_a_workflow_runs_on_a_real_worker_process_through_the_http_api(
-    live_server, rq_worker_process
-):
-    org = make_org("acme")
-    make_user("ops", org, Role.EDITOR)
-    call_command("drf_create_token", "ops", verbosity=0)
-    from rest_framework.authtoken.models import Token
-
-    token = Token.objects.get(user__username="ops").key
-    api = httpx.Client(
-        base_url=f"{live_server.url}/api/v1",
-        headers={"Authorization": f"Token {token}"},
-        timeout=10,
-    )
-
-    definition = {
-        "slug": "e2e",
-        "name": "End to end",
-        "variables": {"base": {"type": "string", "required": True}},
-        "nodes": [
-            {
-                "id": "check",
-                "type": "http.request",
-                "config": {"url": "{{ vars.base }}/healthz", "expect_status": [200]},
-            },
-            {
-                "id": "say",
-                "type": "shell.command",
-                "queue": "shell",
-                "config": {"command": ["echo", "status {{ nodes.check.output.status_code }}"]},
-            },
-            {
-                "id": "done",
-                "type": "noop",
-                "config": {"output": {"said": "{{ nodes.say.output.stdout | trim }}"}},
-            },
-        ],
-        "edges": [{"from": "check", "to": "say"}, {"from": "say", "to": "done"}],
-    }
-    assert api.post("/workflows/", json=definition).status_code == 201
-    published = api.post("/workflows/e2e/publish/")
-    assert published.status_code == 201 and published.json()["version"] == 1
-    created = api.post("/workflows/e2e/trigger/", json={"variables": {"base": live_server.url}})
-    assert created.status_code == 201, created.text
-    execution_id = created.json()["id"]
-
-    deadline = time.monotonic() + 60
-    body = {}
+def wait_for(api, execution_id: int, statuses: set[str], timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    body: dict = {}
     while time.monotonic() < deadline:
         body = api.get(f"/executions/{execution_id}/").json()
-        if body["status"] in ("completed", "failed", "cancelled"):
-            break
+        if body["status"] in statuses:
+            return body
         time.sleep(0.2)
+    raise AssertionError(f"execution {execution_id} is still {body.get('status')}: {body}")
+
+
+def create_and_publish(api, definition: dict) -> None:
+    assert api.post("/workflows/", json=definition).status_code == 201
+    published = api.post(f"/workflows/{definition['slug']}/publish/")
+    assert published.status_code == 201, published.text
+
+
+def test_a_workflow_runs_on_a_real_worker_process_through_the_http_api(live_server, api, processes):
+    processes.worker()
+    create_and_publish(
+        api,
+        {
+            "slug": "e2e",
+            "name": "End to end",
+            "variables": {"base": {"type": "string", "required": True}},
+            "nodes": [
+                {
+                    "id": "check",
+                    "type": "http.request",
+                    "config": {"url": "{{ vars.base }}/healthz", "expect_status": [200]},
+                },
+                {
+                    "id": "say",
+                    "type": "shell.command",
+                    "queue": "shell",
+                    "config": {"command": ["echo", "status {{ nodes.check.output.status_code }}"]},
+                },
+                {
+                    "id": "done",
+                    "type": "noop",
+                    "config": {"output": {"said": "{{ nodes.say.output.stdout | trim }}"}},
+                },
+            ],
+            "edges": [{"from": "check", "to": "say"}, {"from": "say", "to": "done"}],
+        },
+    )
+    created = api.post("/workflows/e2e/trigger/", json={"variables": {"base": live_server.url}})
+    assert created.status_code == 201, created.text
+
+    body = wait_for(api, created.json()["id"], {"completed", "failed", "cancelled"})
     assert body["status"] == "completed", body
     steps = {s["node_id"]: s for s in body["steps"]}
     assert steps["check"]["output"]["status_code"] == 200
@@ -128,3 +73,167 @@ def test_a_workflow_runs_on_a_real_worker_process_through_the_http_api(
     assert steps["done"]["input"] == {"output": {"said": "status 200"}}
     assert all(s["worker"] for s in steps.values())
     assert body["jobs_completed"] == body["jobs_total"] == 3
+
+
+def flaky_definition(flag) -> dict:
+    """`deploy` fails (UnexpectedError) until the flag file exists."""
+    return {
+        "slug": "flaky",
+        "name": "Flaky",
+        "settings": {"store_incomplete_executions": True},
+        "nodes": [
+            {"id": "prepare", "type": "noop", "config": {"output": {"ready": True}}},
+            {
+                "id": "deploy",
+                "type": "shell.command",
+                "queue": "shell",
+                "config": {"command": ["sh", "-c", f"test -f {flag} && echo deployed"]},
+            },
+            {
+                "id": "notify",
+                "type": "noop",
+                "config": {"output": {"said": "{{ nodes.deploy.output.stdout | trim }}"}},
+            },
+        ],
+        "edges": [{"from": "prepare", "to": "deploy"}, {"from": "deploy", "to": "notify"}],
+    }
+
+
+def test_an_incomplete_execution_is_resolved_through_the_api_on_real_workers(
+    api, processes, tmp_path
+):
+    processes.worker()
+    flag = tmp_path / "fixed"
+    create_and_publish(api, flaky_definition(flag))
+    execution_id = api.post("/workflows/flaky/trigger/", json={}).json()["id"]
+
+    stopped = wait_for(api, execution_id, {"incomplete", "failed", "completed"})
+    assert stopped["status"] == "incomplete", stopped
+    record_id = stopped["incomplete_execution"]
+    record = api.get(f"/incomplete-executions/{record_id}/").json()
+    assert (record["node_id"], record["error_type"], record["status"]) == (
+        "deploy",
+        "UnexpectedError",
+        "unresolved",
+    )
+    assert record["bundles"]["nodes"]["prepare"]["output"] == {"ready": True}
+
+    flag.write_text("ok")
+    assert api.post(f"/incomplete-executions/{record_id}/retry/", json={}).status_code == 200
+    done = wait_for(api, execution_id, {"completed", "failed", "incomplete"})
+    assert done["status"] == "completed", done
+    attempts = [(s["node_id"], s["attempt"], s["status"]) for s in done["steps"]]
+    assert ("prepare", 1, "completed") in attempts and ("prepare", 2, "completed") not in attempts
+    assert ("deploy", 2, "completed") in attempts
+    assert api.get(f"/incomplete-executions/{record_id}/").json()["status"] == "resolved"
+    again = api.post(f"/incomplete-executions/{record_id}/retry/", json={})
+    assert again.status_code == 409
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Ok(BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802 - the stdlib's name
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b'{"up": true}')
+
+    def log_message(self, *args):
+        pass
+
+
+def test_the_scheduler_process_auto_retries_until_the_endpoint_recovers(api, processes):
+    """A ConnectionError is stored with auto-retry; the real scheduler retries on a 1 s ladder,
+    and once the endpoint listens the same execution completes and the record is resolved."""
+    ladder = {
+        "OPSFLOW_IE_RETRY_SCHEDULE": "1,1,1,1,1,1,1,1,1,1,1,1"
+    }  # read where records are stored
+    processes.worker(**ladder)
+    processes.start("run_scheduler", **ladder)
+    port = free_port()  # nothing listens here yet
+    create_and_publish(
+        api,
+        {
+            "slug": "recovering",
+            "name": "Recovering",
+            "settings": {"store_incomplete_executions": True},
+            "nodes": [
+                {"id": "start", "type": "noop"},
+                {
+                    "id": "call",
+                    "type": "http.request",
+                    "config": {"url": f"http://127.0.0.1:{port}/"},
+                },
+            ],
+            "edges": [{"from": "start", "to": "call"}],
+        },
+    )
+    execution_id = api.post("/workflows/recovering/trigger/", json={}).json()["id"]
+    stopped = wait_for(api, execution_id, {"incomplete"})
+    record_id = stopped["incomplete_execution"]
+    record = api.get(f"/incomplete-executions/{record_id}/").json()
+    assert record["auto_retry"] is True and record["error_type"] == "ConnectionError"
+
+    deadline = time.monotonic() + 30
+    while record["attempts"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.3)
+        record = api.get(f"/incomplete-executions/{record_id}/").json()
+    assert record["attempts"] >= 2, record  # the scheduler retried, and it failed again
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Ok)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        done = wait_for(api, execution_id, {"completed"}, timeout=30)
+    finally:
+        server.shutdown()
+    call = [s for s in done["steps"] if s["node_id"] == "call"]
+    assert call[-1]["status"] == "completed" and call[-1]["output"]["json"] == {"up": True}
+    assert [s["attempt"] for s in done["steps"] if s["node_id"] == "start"] == [1]
+    assert api.get(f"/incomplete-executions/{record_id}/").json()["status"] == "resolved"
+
+
+def test_cancel_lets_the_running_step_finish_and_cancels_the_rest(api, processes):
+    processes.worker()
+    create_and_publish(
+        api,
+        {
+            "slug": "slow",
+            "name": "Slow",
+            "nodes": [
+                {
+                    "id": "work",
+                    "type": "shell.command",
+                    "queue": "shell",
+                    "config": {"command": ["sh", "-c", "sleep 2; echo done"]},
+                },
+                {"id": "after", "type": "noop"},
+            ],
+            "edges": [{"from": "work", "to": "after"}],
+        },
+    )
+    execution_id = api.post("/workflows/slow/trigger/", json={}).json()["id"]
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        steps = api.get(f"/executions/{execution_id}/").json()["steps"]
+        if any(s["node_id"] == "work" and s["status"] == "running" for s in steps):
+            break
+        time.sleep(0.1)
+    cancelled = api.post(f"/executions/{execution_id}/cancel/")
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        body = api.get(f"/executions/{execution_id}/").json()
+        work = next(s for s in body["steps"] if s["node_id"] == "work")
+        if work["status"] != "running":
+            break
+        time.sleep(0.2)
+    assert work["status"] == "completed" and work["output"]["stdout"] == "done\n"
+    assert [s["node_id"] for s in body["steps"]] == ["work"]  # `after` never ran
+    assert body["status"] == "cancelled"
+    assert api.post(f"/executions/{execution_id}/cancel/").status_code == 409
