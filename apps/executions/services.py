@@ -246,6 +246,15 @@ def _run_node(execution: Execution, step: Step, node: dict[str, Any], graph) -> 
             raise errors.DataError(
                 f"A template produced a value that cannot be stored as JSON: {bad!r:.200}"
             )
+        problems = (
+            node_type.check_config(rendered)
+            if isinstance(rendered, dict)
+            else [("", "not an object")]
+        )
+        if problems:  # what the node is about to receive must still fit its type
+            raise errors.InvalidConfigurationError(
+                "; ".join(f"config.{key}: {msg}" if key else msg for key, msg in problems)
+            )
         output = node_type.run(
             NodeContext(
                 config=rendered,
@@ -569,6 +578,12 @@ def discard_incomplete(record: IncompleteExecution, user=None) -> IncompleteExec
     """Give up on a stored run: the record is discarded and the execution fails."""
     with transaction.atomic():
         execution = Execution.objects.select_for_update().get(pk=record.execution_id)
+        record.refresh_from_db()
+        if record.status == IncompleteStatus.RETRYING:  # moved under this same lock: no race
+            raise WrongState(
+                f"Incomplete execution #{record.pk} is retrying; cancel execution "
+                f"#{execution.pk} to stop it."
+            )
         if not record.close(IncompleteStatus.DISCARDED, user):
             raise WrongState(f"Incomplete execution #{record.pk} is already {record.status}.")
         if execution.status == ExecutionStatus.INCOMPLETE:

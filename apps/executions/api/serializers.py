@@ -1,6 +1,7 @@
 from rest_framework import serializers
 
 from apps.executions.models import Execution, ExecutionEvent, IncompleteExecution, Step
+from apps.executions.nodes import REGISTRY
 
 
 class StepSerializer(serializers.ModelSerializer):
@@ -133,6 +134,14 @@ class RetrySerializer(serializers.Serializer):
     def validate_input(self, value):
         if not isinstance(value, dict):
             raise serializers.ValidationError("must be an object (the node's config)")
+        record = self.context.get("record")
+        if record is not None:
+            nodes = record.blueprint.get("nodes", [])
+            node = next((n for n in nodes if n.get("id") == record.node_id), None)
+            node_type = REGISTRY.get(node["type"]) if node else None
+            problems = node_type.check_config(value) if node_type else []
+            if problems:
+                raise serializers.ValidationError(dict(problems))
         return value
 
     def validate_bundles(self, value):
@@ -142,12 +151,21 @@ class RetrySerializer(serializers.Serializer):
             raise serializers.ValidationError({"variables": "must be an object"})
         if "nodes" in value and not isinstance(value["nodes"], dict):
             raise serializers.ValidationError({"nodes": "must be an object of node ids"})
+        bad = {
+            k: "must be an object"
+            for k, v in value.get("nodes", {}).items()
+            if not isinstance(v, dict)
+        }
+        if bad:
+            raise serializers.ValidationError({"nodes": bad})
         return value
 
 
 class BulkSerializer(serializers.Serializer):
     ids = serializers.ListField(
-        child=serializers.IntegerField(min_value=1), required=False, max_length=1000
+        child=serializers.IntegerField(min_value=1, max_value=2**63 - 1),  # the BigAutoField range
+        required=False,
+        max_length=1000,
     )
     all_matching = serializers.BooleanField(
         required=False,

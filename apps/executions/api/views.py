@@ -140,7 +140,7 @@ class IncompleteExecutionViewSet(
     def retry(self, request, pk=None):
         """Resume the same execution from the failed node, optionally with edited input or bundles."""
         record = self.get_object()
-        body = RetrySerializer(data=request.data)
+        body = RetrySerializer(data=request.data, context={"record": record})
         body.is_valid(raise_exception=True)
         data = body.validated_data
         try:
