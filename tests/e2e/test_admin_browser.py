@@ -88,3 +88,78 @@ def test_an_operator_runs_the_demo_from_the_admin_and_reads_its_steps(live_serve
     page.goto(f"{live_server.url}/executions/execution/")
     page.screenshot(path=str(SCREENSHOTS / "executions.png"), full_page=True)
     assert page.locator(".opsflow-completed").count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_operator_resolves_an_incomplete_execution_with_an_edited_input(
+    live_server, page, workers
+):
+    import json
+
+    from apps.executions.models import IncompleteExecution
+    from apps.executions.services import trigger_workflow
+    from tests.factories import make_workflow
+
+    org = Organization.objects.create(slug="ops", name="Ops")
+    user = get_user_model().objects.create_user("op", password="op-password", is_staff=True)
+    Membership.objects.create(organization=org, user=user, role=Role.OPERATOR)
+    workflow = make_workflow(
+        org,
+        {
+            "slug": "deploy",
+            "name": "Deploy",
+            "settings": {"store_incomplete_executions": True},
+            "nodes": [
+                {"id": "prepare", "type": "noop", "config": {"output": {"version": "1.2.3"}}},
+                {
+                    "id": "push",
+                    "type": "shell.command",
+                    "queue": "shell",
+                    "config": {
+                        "command": [
+                            "sh",
+                            "-c",
+                            "echo pushing {{ nodes.prepare.output.version }}; exit 1",
+                        ]
+                    },
+                },
+                {
+                    "id": "announce",
+                    "type": "noop",
+                    "config": {"output": {"said": "{{ nodes.push.output.stdout | trim }}"}},
+                },
+            ],
+            "edges": [{"from": "prepare", "to": "push"}, {"from": "push", "to": "announce"}],
+        },
+    )
+    execution = trigger_workflow(workflow)
+    workers.drain(
+        until=lambda: Execution.objects.get(pk=execution.pk).status == ExecutionStatus.INCOMPLETE
+    )
+    record = IncompleteExecution.objects.get(execution=execution)
+
+    page.goto(f"{live_server.url}/login/")
+    page.fill("#id_username", "op")
+    page.fill("#id_password", "op-password")
+    page.click("input[type=submit]")
+    page.goto(f"{live_server.url}/executions/incompleteexecution/")
+    assert "UnexpectedError" in page.inner_text("#result_list")
+    page.click(f"text=#{record.pk}")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "incomplete.png"), full_page=True)
+    assert "pushing 1.2.3" not in page.inner_text(
+        "textarea[name=input]"
+    )  # the input, not the output
+    assert '"version": "1.2.3"' in page.input_value("textarea[name=bundles]")
+    page.fill("textarea[name=input]", json.dumps({"command": ["echo", "pushed by hand"]}))
+    page.click("button[value=retry]")
+    page.wait_for_url(f"**/executions/execution/{execution.pk}/change/")
+
+    workers.drain(until=lambda: Execution.objects.get(pk=execution.pk).status in EXECUTION_TERMINAL)
+    page.reload()
+    page.wait_for_selector("#execution-detail .opsflow-summary .opsflow-completed")
+    page.screenshot(path=str(SCREENSHOTS / "resolved.png"), full_page=True)
+    assert "pushed by hand" in page.inner_text("#execution-detail")
+    record.refresh_from_db()
+    assert record.status == "resolved"
+    assert list(execution.steps.filter(node_id="prepare").values_list("attempt", flat=True)) == [1]
