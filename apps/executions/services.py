@@ -371,7 +371,8 @@ def retry_delay(retry: dict[str, Any], number: int, retry_after: float | None) -
     delay = float(retry.get("delay") or 0)
     if retry.get("backoff") == "exponential":
         delay = min(
-            delay * 2 ** (number - 1) * random.uniform(1.0, 1.25), float(retry["max_delay"])
+            delay * 2 ** (number - 1) * random.uniform(1.0, 1.25),
+            float(retry.get("max_delay", 3600)),
         )
     return max(delay, retry_after or 0.0)
 

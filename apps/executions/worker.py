@@ -56,3 +56,8 @@ class ThreadAgentWorker(AgentWorker):
 
     def _install_signal_handlers(self):
         pass
+
+    def subscribe(self):
+        # RQ's control channel (remote shutdown, kill-horse) is for worker processes; a thread
+        # does not take commands, and RQ waits up to a second for that channel when it stops.
+        pass
