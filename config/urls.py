@@ -11,6 +11,7 @@ admin.site.index_title = "Operations portal"
 api_v1 = [
     path("", include("apps.workflows.api.urls")),
     path("", include("apps.executions.api.urls")),
+    path("", include("apps.approvals.api.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("redoc/", SpectacularRedocView.as_view(url_name="schema"), name="api-redoc"),
@@ -21,5 +22,6 @@ urlpatterns = [
     path("readyz", readyz, name="readyz"),
     path("api/v1/", include(api_v1)),
     path("django-rq/", include("django_rq.urls")),
+    path("approvals/", include("apps.approvals.urls")),
     path("", admin.site.urls),  # last: the admin's catch-all would shadow the routes above
 ]

@@ -5,3 +5,6 @@ class ApprovalsConfig(AppConfig):
     name = "apps.approvals"
     label = "approvals"
     verbose_name = "Approvals"
+
+    def ready(self) -> None:
+        from apps.approvals import nodes  # noqa: F401 - registers the `approval` node type

@@ -113,10 +113,12 @@ class ExecutionAdmin(OrganizationScopedAdmin, admin.ModelAdmin):
             "events": execution.events.order_by("created_at", "id"),
             "variables_json": _pretty(execution.variables),
             # Poll while the engine moves the run; stop when it is over or waits for a human.
-            "live": execution.status not in EXECUTION_TERMINAL | {ExecutionStatus.INCOMPLETE},
+            "live": execution.status
+            not in EXECUTION_TERMINAL | {ExecutionStatus.INCOMPLETE, ExecutionStatus.PAUSED},
             "can_execute": has_role(request.user, execution.workflow.organization, CAN_EXECUTE),
             "incomplete": execution.incomplete_records.order_by("-id").first(),
             "failed_step_ids": _markable_steps(execution, steps),
+            "approvals": _approvals_for(execution, request.user),
         }
         if wants_partial(request):
             response = TemplateResponse(
@@ -195,6 +197,16 @@ class ExecutionAdmin(OrganizationScopedAdmin, admin.ModelAdmin):
         except services.WrongState as exc:
             messages.error(request, str(exc))
         return redirect(execution.get_absolute_url())
+
+
+def _approvals_for(execution: Execution, user) -> list:
+    """The execution's gates, each marked with whether this user may decide it now."""
+    from apps.approvals.services import can_respond
+
+    approvals = list(execution.approvals.order_by("created_at"))
+    for approval in approvals:
+        approval.user_can_respond = can_respond(approval, user)
+    return approvals
 
 
 def _markable_steps(execution: Execution, steps: list) -> set[int]:

@@ -107,6 +107,11 @@ class EventKind(models.TextChoices):
     DATA_LOSS = "data_loss", "Incomplete execution not stored"
     MANUAL_SUCCESS = "manual_success", "Marked succeeded"
     RETRIGGERED = "retriggered", "Re-triggered"
+    EXECUTION_PAUSED = "execution_paused", "Paused"
+    APPROVAL_REQUESTED = "approval_requested", "Approval requested"
+    APPROVAL_RESPONSE = "approval_response", "Approval response"
+    APPROVAL_DECIDED = "approval_decided", "Approval decided"
+    APPROVAL_ESCALATED = "approval_escalated", "Approval escalated"
     DUPLICATE_DELIVERY = "duplicate_delivery", "Duplicate delivery ignored"
 
 

@@ -186,6 +186,16 @@ class Execution(models.Model):
         self.save(update_fields=["error_message"])
         self.log(EventKind.EXECUTION_RESUMED, message)
 
+    def pause(self, reason: str) -> None:
+        """The run waits for a human (an approval gate); other branches may still run."""
+        if self.status != ExecutionStatus.PAUSED:
+            self._move(EXECUTION_ADVANCING, ExecutionStatus.PAUSED)
+        self.log(EventKind.EXECUTION_PAUSED, reason)
+
+    def unpause(self) -> None:
+        if self.status == ExecutionStatus.PAUSED:
+            self._move({ExecutionStatus.PAUSED}, ExecutionStatus.RUNNING)
+
     def hold(self) -> None:
         """Created while earlier runs wait as incomplete executions (sequential processing)."""
         self._move({ExecutionStatus.PENDING}, ExecutionStatus.SCHEDULED)
@@ -332,6 +342,20 @@ class Step(models.Model):
             started_at=now,
             finished_at=now,
         )
+
+    def wait(self, input: Any) -> None:
+        """A waiting node (an approval) keeps its step running and records what it received."""
+        if self.status != StepStatus.RUNNING:
+            raise IllegalTransition(f"step {self.pk} is {self.status}; only a running step waits")
+        self.input = input
+        self.save(update_fields=["input"])
+
+    def cancel_waiting(self) -> None:
+        """running → cancelled for a step that waits for a human; it never finishes on its own."""
+        if self.status != StepStatus.RUNNING:
+            raise IllegalTransition(f"step {self.pk} is {self.status}; it is not waiting")
+        self.status, self.finished_at = StepStatus.CANCELLED, timezone.now()
+        self.save(update_fields=["status", "finished_at"])
 
     def mark_handled(self, handling: str) -> None:
         """Record how a failed attempt was handled (it stays failed: the row is the truth)."""

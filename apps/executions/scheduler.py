@@ -3,7 +3,8 @@
 Each tick: auto-retries of incomplete executions that are due, runs held by sequential
 processing whose workflow has no incomplete executions left, and dispatched steps whose RQ job
 was lost (a Redis restart, a crash between commit and enqueue). When embedded it also promotes
-due RQ scheduled jobs. Cron triggers and approval timeouts hook in here in later issues.
+due RQ scheduled jobs. It also expires approvals past their timeout and escalates the ones
+nobody answered. Cron triggers hook in here in a later issue.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class SchedulerLoop:
             self.is_leader = False
 
     def tick(self) -> None:
+        from apps.approvals.services import escalate_due_approvals, expire_due_approvals
         from apps.executions.services import (
             reactivate_when_space_is_free,
             reconcile_lost_dispatches,
@@ -67,6 +69,8 @@ class SchedulerLoop:
 
         if self.embedded:
             self._promote_scheduled_jobs()
+        expire_due_approvals()
+        escalate_due_approvals()
         run_due_incomplete_retries()
         reactivate_when_space_is_free()
         release_all_held()

@@ -34,6 +34,7 @@ from apps.executions.choices import (
 )
 from apps.executions.models import Execution, IncompleteExecution, Step
 from apps.executions.nodes import NodeContext, get_node_type
+from apps.executions.nodes.base import WAIT
 from apps.executions.templating import build_context, render_value
 from apps.executions.worker import Agent, current_agent
 from apps.workflows.definition import resolve_variables
@@ -266,6 +267,8 @@ def _run_node(execution: Execution, step: Step, node: dict[str, Any], graph) -> 
                 step_id=step.pk,
             )
         )
+        if output is WAIT:  # waits for a human: the step stays running, no worker is held
+            return Attempt(StepStatus.RUNNING, rendered, None)
         if not _is_json(output):
             raise errors.UnexpectedError(
                 f"Node {node['type']} returned output that is not JSON: {output!r:.200}"
@@ -302,6 +305,9 @@ def record_attempt(step: Step, attempt: Attempt, agent: Agent | None) -> Step | 
         execution.version = version
         step.execution = execution
         with execution.batched_log():
+            if attempt.status == StepStatus.RUNNING:
+                _begin_wait(execution, step, attempt)
+                return None
             step.finish(
                 attempt.status,
                 input=attempt.input,
@@ -314,6 +320,21 @@ def record_attempt(step: Step, attempt: Attempt, agent: Agent | None) -> Step | 
     if getattr(execution, "freed_incomplete_space", False):
         _after_space_freed(execution.workflow)
     return local
+
+
+def _begin_wait(execution: Execution, step: Step, attempt: Attempt) -> None:
+    execution.log(
+        EventKind.NODE_STARTED,
+        f"{step.node_id} started on {step.worker} (attempt {step.attempt})",
+        node_id=step.node_id,
+        step=step,
+        at=step.started_at,
+    )
+    if execution.status not in EXECUTION_ADVANCING:  # cancelled meanwhile: nothing to wait for
+        step.cancel_waiting()
+        return
+    step.wait(attempt.input)
+    get_node_type(step.node_type).begin_wait(execution, step, attempt.input)
 
 
 def _route(
@@ -649,6 +670,11 @@ def cancel_execution(execution: Execution, user=None) -> Execution:
         if locked.status in EXECUTION_TERMINAL:
             raise WrongState(f"Execution #{locked.pk} is already {locked.status}.")
         with locked.batched_log():
+            for waiting in locked.steps.filter(
+                status=StepStatus.RUNNING, node_type__in=_waiting_types()
+            ):
+                waiting.execution = locked
+                get_node_type(waiting.node_type).cancel_wait(locked, waiting)
             for node_id in Step.cancel_open(locked):
                 locked.log(EventKind.NODE_CANCELLED, f"{node_id} cancelled", node_id=node_id)
             locked.cancel(user.username if user else "an operator")
@@ -656,6 +682,15 @@ def cancel_execution(execution: Execution, user=None) -> Execution:
             record.close(IncompleteStatus.DISCARDED, user)
     _after_space_freed(locked.workflow)
     return locked
+
+
+def _waiting_types() -> list[str]:
+    """Node types that wait for something outside the engine (they override `begin_wait`)."""
+    from apps.executions.nodes.base import REGISTRY, NodeType
+
+    return [
+        name for name, kind in REGISTRY.items() if type(kind).begin_wait is not NodeType.begin_wait
+    ]
 
 
 def retrigger_execution(execution: Execution, user=None) -> Execution:

@@ -81,6 +81,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "apps.approvals.context_processors.inbox",
             ],
         },
     },
@@ -133,6 +134,7 @@ OPSFLOW_IE_RETRY_SCHEDULE = env_int_list(
 OPSFLOW_IE_STORAGE_LIMIT_BYTES = env_int(
     "OPSFLOW_IE_STORAGE_LIMIT_BYTES", 500 * 1024 * 1024, minimum=0
 )
+OPSFLOW_APPROVAL_LINK_MAX_AGE = env_int("OPSFLOW_APPROVAL_LINK_MAX_AGE", 7 * 24 * 3600, minimum=60)
 OPSFLOW_WORKER_THREADS = env_int("OPSFLOW_WORKER_THREADS", 2, minimum=1)
 OPSFLOW_BASE_URL = env_str("OPSFLOW_BASE_URL", "http://127.0.0.1:8000")
 
@@ -186,6 +188,7 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "ENUM_NAME_OVERRIDES": {
         "ExecutionStatusEnum": "apps.executions.choices.ExecutionStatus",
+        "ApprovalStatusEnum": "apps.approvals.choices.ApprovalStatus",
         "StepStatusEnum": "apps.executions.choices.StepStatus",
         "IncompleteStatusEnum": "apps.executions.choices.IncompleteStatus",
     },

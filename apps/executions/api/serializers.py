@@ -75,7 +75,9 @@ class ExecutionDetailSerializer(ExecutionSerializer):
         read_only_fields = fields
 
     def get_approvals(self, obj) -> list:
-        return []  # approval gates arrive with the approvals issue
+        from apps.approvals.api.serializers import ApprovalSerializer
+
+        return ApprovalSerializer(obj.approvals.all(), many=True, context=self.context).data
 
     def get_incomplete_execution(self, obj) -> int | None:
         """The execution's open incomplete-execution record, else its latest one."""

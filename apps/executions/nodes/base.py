@@ -15,6 +15,10 @@ from apps.executions.errors import InvalidConfigurationError
 
 Problem = tuple[str, str]  # (path relative to the node's config, message)
 
+# Returned by `run` when the node waits for something outside the engine (a human decision):
+# its step stays `running` without holding a worker, and `begin_wait` records what it waits for.
+WAIT = object()
+
 
 @dataclass
 class NodeContext:
@@ -44,6 +48,14 @@ class NodeType:
         return []
 
     def run(self, ctx: NodeContext) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def begin_wait(self, execution, step, config: dict[str, Any]) -> None:
+        """For a node whose `run` returned WAIT: start waiting (under the execution's row lock)."""
+        raise NotImplementedError
+
+    def cancel_wait(self, execution, step) -> None:
+        """The execution is cancelled while this node waits (under the execution's row lock)."""
         raise NotImplementedError
 
     def fired(self, output: dict[str, Any]) -> set[str]:

@@ -1,0 +1,23 @@
+import django_filters
+
+from apps.approvals.choices import ApprovalStatus
+from apps.approvals.models import Approval
+
+
+class ApprovalFilterSet(django_filters.FilterSet):
+    status = django_filters.MultipleChoiceFilter(choices=ApprovalStatus.choices)
+    workflow = django_filters.CharFilter(
+        field_name="execution__workflow__slug", label="Workflow slug"
+    )
+    mine = django_filters.BooleanFilter(method="filter_mine", label="Waiting on me")
+
+    class Meta:
+        model = Approval
+        fields = ["status", "workflow", "execution", "mine"]
+
+    def filter_mine(self, queryset, name, value):
+        from apps.approvals.services import waiting_on
+
+        if not value:
+            return queryset
+        return queryset.filter(pk__in=waiting_on(self.request.user).values("pk"))
