@@ -144,7 +144,7 @@ def decide(approval: Approval, user, decision: str, note: str = "", via: str = "
             .get(pk=approval.execution_id)
         )
         approval = (
-            Approval.objects.select_for_update()
+            Approval.objects.select_for_update(of=("self",))
             .select_related("execution__workflow__organization", "decided_by", "step")
             .get(pk=approval.pk)
         )
@@ -233,7 +233,9 @@ def expire_due_approvals(now=None) -> int:
                 .get(pk=approval.execution_id)
             )
             approval = (
-                Approval.objects.select_for_update().select_related("step").get(pk=approval_id)
+                Approval.objects.select_for_update(of=("self",))
+                .select_related("step")
+                .get(pk=approval_id)
             )
             if approval.status != ApprovalStatus.PENDING:
                 continue  # decided meanwhile: first decision wins
@@ -253,7 +255,9 @@ def escalate_due_approvals(now=None) -> int:
     for approval_id in due.values_list("id", flat=True)[:200]:
         with transaction.atomic():
             approval = (
-                Approval.objects.select_for_update().select_related("execution").get(pk=approval_id)
+                Approval.objects.select_for_update(of=("self",))
+                .select_related("execution")
+                .get(pk=approval_id)
             )
             if (
                 approval.status != ApprovalStatus.PENDING
@@ -275,7 +279,7 @@ def escalate_due_approvals(now=None) -> int:
 
 def cancel_approval(execution: Execution, step) -> None:
     """The execution was cancelled (its row is locked): pending gates become cancelled."""
-    approval = Approval.objects.select_for_update().filter(step=step).first()
+    approval = Approval.objects.select_for_update(of=("self",)).filter(step=step).first()
     if approval is not None and approval.status == ApprovalStatus.PENDING:
         approval.decide(ApprovalStatus.CANCELLED, reason="cancelled")
         execution.log(

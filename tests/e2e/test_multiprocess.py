@@ -237,3 +237,75 @@ def test_cancel_lets_the_running_step_finish_and_cancels_the_rest(api, processes
     assert [s["node_id"] for s in body["steps"]] == ["work"]  # `after` never ran
     assert body["status"] == "cancelled"
     assert api.post(f"/executions/{execution_id}/cancel/").status_code == 409
+
+
+def gate_definition(timeout: int = 0) -> dict:
+    return {
+        "slug": "gated",
+        "name": "Gated",
+        "nodes": [
+            {"id": "check", "type": "noop", "config": {"output": {"host": "web1"}}},
+            {
+                "id": "gate",
+                "type": "approval",
+                "config": {"message": "Restart {{ nodes.check.output.host }}?", "timeout": timeout},
+            },
+            {
+                "id": "restart",
+                "type": "shell.command",
+                "queue": "shell",
+                "config": {"command": ["echo", "restarted by {{ nodes.gate.output.respondedBy }}"]},
+            },
+            {
+                "id": "skip",
+                "type": "noop",
+                "config": {"output": {"why": "{{ nodes.gate.output.reason }}"}},
+            },
+        ],
+        "edges": [
+            {"from": "check", "to": "gate"},
+            {"from": "gate", "to": "restart", "on": "approved"},
+            {"from": "gate", "to": "skip", "on": "rejected"},
+        ],
+    }
+
+
+def test_an_approval_decided_through_the_api_resumes_the_run_on_a_real_worker(api, processes):
+    processes.worker()
+    create_and_publish(api, gate_definition())
+    execution_id = api.post("/workflows/gated/trigger/", json={}).json()["id"]
+
+    paused = wait_for(api, execution_id, {"paused"})
+    (gate,) = paused["approvals"]
+    assert gate["status"] == "pending" and gate["message"] == "Restart web1?"
+    mine = api.get("/approvals/", params={"status": "pending", "mine": "true"}).json()
+    assert [a["id"] for a in mine["results"]] == [gate["id"]]
+
+    decided = api.post(f"/approvals/{gate['id']}/approve/", json={"note": "go"})
+    assert decided.status_code == 200, decided.text
+    done = wait_for(api, execution_id, {"completed", "failed"})
+    assert done["status"] == "completed"
+    restart = next(s for s in done["steps"] if s["node_id"] == "restart")
+    assert restart["output"]["stdout"] == "restarted by ops\n"
+    assert [s["status"] for s in done["steps"] if s["node_id"] == "skip"] == ["skipped"]
+    assert api.post(f"/approvals/{gate['id']}/reject/", json={}).status_code == 409
+
+
+def test_the_scheduler_process_expires_an_unanswered_approval(api, processes):
+    processes.worker()
+    processes.start("run_scheduler")
+    create_and_publish(api, gate_definition(timeout=2))
+    execution_id = api.post("/workflows/gated/trigger/", json={}).json()["id"]
+
+    done = wait_for(api, execution_id, {"completed", "failed"}, timeout=30)
+    assert done["status"] == "completed"
+    (gate,) = done["approvals"]
+    assert gate["status"] == "expired" and gate["reason"] == "timeout"
+    skip = next(s for s in done["steps"] if s["node_id"] == "skip")
+    assert skip["status"] == "completed" and skip["output"] == {"why": "timeout"}
+    events = api.get(f"/executions/{execution_id}/events/", params={"page_size": 200}).json()[
+        "results"
+    ]
+    assert any(
+        e["kind"] == "approval_decided" and e["data"].get("reason") == "timeout" for e in events
+    )
