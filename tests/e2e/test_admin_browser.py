@@ -163,3 +163,61 @@ def test_an_operator_resolves_an_incomplete_execution_with_an_edited_input(
     record.refresh_from_db()
     assert record.status == "resolved"
     assert list(execution.steps.filter(node_id="prepare").values_list("attempt", flat=True)) == [1]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_approver_decides_from_the_inbox_and_the_run_goes_on(live_server, page, workers):
+    from apps.approvals.models import Approval
+    from apps.executions.services import trigger_workflow
+    from tests.factories import make_workflow
+
+    org = Organization.objects.create(slug="ops", name="Ops")
+    user = get_user_model().objects.create_user("carol", password="carol-password", is_staff=True)
+    Membership.objects.create(organization=org, user=user, role=Role.OPERATOR)
+    workflow = make_workflow(
+        org,
+        {
+            "slug": "gated",
+            "name": "Gated",
+            "nodes": [
+                {
+                    "id": "gate",
+                    "type": "approval",
+                    "config": {"message": "Ship release 42?", "approvers": ["carol"]},
+                },
+                {
+                    "id": "ship",
+                    "type": "noop",
+                    "config": {
+                        "output": {
+                            "by": "{{ nodes.gate.output.respondedBy }}",
+                            "via": "{{ nodes.gate.output.respondedVia }}",
+                        }
+                    },
+                },
+            ],
+            "edges": [{"from": "gate", "to": "ship", "on": "approved"}],
+        },
+    )
+    execution = trigger_workflow(workflow)
+    workers.drain(until=lambda: Approval.objects.filter(execution=execution).exists())
+
+    page.goto(f"{live_server.url}/login/")
+    page.fill("#id_username", "carol")
+    page.fill("#id_password", "carol-password")
+    page.click("input[type=submit]")
+    assert page.inner_text("#opsflow-inbox").upper() == "APPROVALS (1)"
+    page.click("#opsflow-inbox")
+    assert "Ship release 42?" in page.inner_text("#inbox")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "inbox.png"), full_page=True)
+    page.fill("#inbox textarea[name=note]", "looks good")
+    page.click("#inbox button[value=approve]")
+    page.wait_for_selector(".messagelist")
+    assert "approved" in page.inner_text(".messagelist")
+
+    workers.drain(until=lambda: Execution.objects.get(pk=execution.pk).status in EXECUTION_TERMINAL)
+    execution.refresh_from_db()
+    assert execution.status == ExecutionStatus.COMPLETED
+    assert execution.steps.get(node_id="ship").output == {"by": "carol", "via": "web"}
+    assert Approval.objects.get(execution=execution).responses.get().note == "looks good"
