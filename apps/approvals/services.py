@@ -20,7 +20,7 @@ from apps.accounts.permissions import has_role
 from apps.approvals.choices import ApprovalStatus, Decision
 from apps.approvals.models import Approval, ApprovalResponse
 from apps.executions import engine
-from apps.executions.choices import EventKind, StepStatus
+from apps.executions.choices import EXECUTION_ADVANCING, EventKind, StepStatus
 from apps.executions.models import Execution
 
 
@@ -213,6 +213,8 @@ def _settle(
         step=step,
         data={"status": status, "reason": reason},
     )
+    if execution.status not in EXECUTION_ADVANCING:
+        return  # the run stopped meanwhile (incomplete): a resume decides the successors
     if not execution.approvals.pending().exists():
         execution.unpause()
     engine.advance(execution, engine.graph_for(execution.version), [step.node_id], finished=step)

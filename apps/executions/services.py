@@ -469,6 +469,15 @@ def route_failure(execution: Execution, graph, step: Step, attempt: Attempt) -> 
     return False
 
 
+def _cancel_waiting(execution: Execution) -> None:
+    """Steps that wait for a human (approval gates) end with the run."""
+    for waiting in execution.steps.filter(
+        status=StepStatus.RUNNING, node_type__in=_waiting_types()
+    ):
+        waiting.execution = execution
+        get_node_type(waiting.node_type).cancel_wait(execution, waiting)
+
+
 def _stop_open_steps(execution: Execution) -> None:
     for node_id in Step.cancel_open(execution):
         execution.log(
@@ -478,6 +487,7 @@ def _stop_open_steps(execution: Execution) -> None:
 
 def _fail(execution: Execution, step: Step, why: str) -> None:
     _stop_open_steps(execution)
+    _cancel_waiting(execution)
     reason = f"{step.node_id} failed with {step.error_type}: {step.error_message}"
     execution.fail(f"{reason} ({why})" if why else reason)
     for record in execution.incomplete_records.open():
@@ -670,11 +680,7 @@ def cancel_execution(execution: Execution, user=None) -> Execution:
         if locked.status in EXECUTION_TERMINAL:
             raise WrongState(f"Execution #{locked.pk} is already {locked.status}.")
         with locked.batched_log():
-            for waiting in locked.steps.filter(
-                status=StepStatus.RUNNING, node_type__in=_waiting_types()
-            ):
-                waiting.execution = locked
-                get_node_type(waiting.node_type).cancel_wait(locked, waiting)
+            _cancel_waiting(locked)
             for node_id in Step.cancel_open(locked):
                 locked.log(EventKind.NODE_CANCELLED, f"{node_id} cancelled", node_id=node_id)
             locked.cancel(user.username if user else "an operator")
