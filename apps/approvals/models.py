@@ -26,6 +26,10 @@ class Approval(models.Model):
     )
     message = models.TextField(blank=True)
     approvers = models.JSONField(default=list, blank=True, help_text="Usernames and group:<name>.")
+    open_to_members = models.BooleanField(
+        default=False,
+        help_text="No approvers were named: any operator-or-above member may respond.",
+    )
     required_approvals = models.PositiveIntegerField(default=1)
     allow_self_approval = models.BooleanField(default=True)
     expires_at = models.DateTimeField(null=True, blank=True, db_index=True)

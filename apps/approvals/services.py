@@ -47,6 +47,7 @@ def open_approval(execution: Execution, step, config: dict[str, Any]) -> Approva
         node_id=step.node_id,
         message=str(config.get("message", "")),
         approvers=list(config.get("approvers") or []),
+        open_to_members=not config.get("approvers"),
         required_approvals=int(config.get("required_approvals") or 1),
         allow_self_approval=bool(config.get("allow_self_approval", True)),
         expires_at=now + timedelta(seconds=timeout) if timeout else None,
@@ -74,26 +75,25 @@ def open_approval(execution: Execution, step, config: dict[str, Any]) -> Approva
 def permitted_users(approval: Approval):
     """Who may respond: the assigned approvers, or every operator-or-above member when none."""
     users = get_user_model().objects.filter(is_active=True)
-    if approval.approvers:
-        return users.filter(
-            Q(username__in=approval.usernames) | Q(groups__name__in=approval.group_names)
-        ).distinct()
-    organization = approval.execution.workflow.organization
-    members = Membership.objects.filter(organization=organization).at_least(CAN_EXECUTE)
-    return users.filter(pk__in=members.values("user_id"))
+    allowed = Q(username__in=approval.usernames) | Q(groups__name__in=approval.group_names)
+    if approval.open_to_members:
+        organization = approval.execution.workflow.organization
+        members = Membership.objects.filter(organization=organization).at_least(CAN_EXECUTE)
+        allowed |= Q(pk__in=members.values("user_id"))
+    return users.filter(allowed).distinct()
 
 
 def check_may_respond(approval: Approval, user) -> None:
     """Raise NotAllowed with the reason when `user` may not respond."""
     organization = approval.execution.workflow.organization
-    if approval.approvers:
-        if not approval.is_assigned(user):
+    member_may = approval.open_to_members and has_role(user, organization, CAN_EXECUTE)
+    if not member_may and not approval.is_assigned(user):
+        if approval.open_to_members:
             raise NotAllowed(
-                f"You are not an assigned approver of this gate (assigned: {', '.join(approval.approvers)})."
+                "Deciding needs the operator role (execute automation) in this organization."
             )
-    elif not has_role(user, organization, CAN_EXECUTE):
         raise NotAllowed(
-            "Deciding needs the operator role (execute automation) in this organization."
+            f"You are not an assigned approver of this gate (assigned: {', '.join(approval.approvers)})."
         )
     if not approval.allow_self_approval and approval.execution.triggered_by_id == user.pk:
         raise NotAllowed("You triggered this run, and this gate does not allow self-approval.")
@@ -256,6 +256,12 @@ def escalate_due_approvals(now=None) -> int:
     count = 0
     for approval_id in due.values_list("id", flat=True)[:200]:
         with transaction.atomic():
+            # Lock in decide()'s order, execution then approval, so a click and an escalation
+            # never wait on each other in a cycle.
+            execution_id = Approval.objects.values_list("execution_id", flat=True).get(
+                pk=approval_id
+            )
+            Execution.objects.select_for_update().only("id").get(pk=execution_id)
             approval = (
                 Approval.objects.select_for_update(of=("self",))
                 .select_related("execution")
