@@ -9,7 +9,9 @@ class ApprovalFilterSet(django_filters.FilterSet):
     workflow = django_filters.CharFilter(
         field_name="execution__workflow__slug", label="Workflow slug"
     )
-    mine = django_filters.BooleanFilter(method="filter_mine", label="Waiting on me")
+    mine = django_filters.ChoiceFilter(
+        choices=[("true", "true"), ("false", "false")], method="filter_mine", label="Waiting on me"
+    )
 
     class Meta:
         model = Approval
@@ -18,6 +20,6 @@ class ApprovalFilterSet(django_filters.FilterSet):
     def filter_mine(self, queryset, name, value):
         from apps.approvals.services import waiting_on
 
-        if not value:
+        if value != "true":
             return queryset
         return queryset.filter(pk__in=waiting_on(self.request.user).values("pk"))

@@ -43,5 +43,14 @@ class ApprovalSerializer(serializers.ModelSerializer):
         return bool(request and can_respond(obj, request.user))
 
 
+class StrictCharField(serializers.CharField):
+    """A string, and only a string: DRF's CharField would turn 42 into "42"."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class DecisionSerializer(serializers.Serializer):
-    note = serializers.CharField(required=False, allow_blank=True, default="", max_length=10_000)
+    note = StrictCharField(required=False, allow_blank=True, default="", max_length=10_000)
