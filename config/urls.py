@@ -3,6 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from apps.executions.views import healthz, readyz
+from apps.workflows.webhooks import receive
 
 admin.site.site_header = "Opsflow"
 admin.site.site_title = "Opsflow"
@@ -23,5 +24,6 @@ urlpatterns = [
     path("api/v1/", include(api_v1)),
     path("django-rq/", include("django_rq.urls")),
     path("approvals/", include("apps.approvals.urls")),
+    path("hooks/<str:key>/", receive, name="webhook"),
     path("", admin.site.urls),  # last: the admin's catch-all would shadow the routes above
 ]

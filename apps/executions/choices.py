@@ -17,6 +17,16 @@ class ExecutionStatus(models.TextChoices):
 EXECUTION_TERMINAL = frozenset(
     {ExecutionStatus.COMPLETED, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED}
 )
+# Started and not over: these count against a workflow's max_concurrent_executions.
+EXECUTION_LIVE = frozenset(
+    {
+        ExecutionStatus.PENDING,
+        ExecutionStatus.RUNNING,
+        ExecutionStatus.PAUSED,
+        ExecutionStatus.RETRYING,
+        ExecutionStatus.INTERRUPTED,
+    }
+)
 # States in which the engine may still start steps of the execution.
 EXECUTION_ADVANCING = frozenset(
     {
@@ -102,7 +112,8 @@ class EventKind(models.TextChoices):
     EXECUTION_INCOMPLETE = "execution_incomplete", "Stored as incomplete"
     EXECUTION_RESUMED = "execution_resumed", "Execution resumed"
     EXECUTION_CANCELLED = "execution_cancelled", "Execution cancelled"
-    EXECUTION_HELD = "execution_held", "Held (sequential processing)"
+    EXECUTION_HELD = "execution_held", "Held"
+    EXECUTION_SKIPPED = "execution_skipped", "Skipped"
     EXECUTION_RELEASED = "execution_released", "Released"
     DATA_LOSS = "data_loss", "Incomplete execution not stored"
     MANUAL_SUCCESS = "manual_success", "Marked succeeded"

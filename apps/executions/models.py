@@ -196,18 +196,21 @@ class Execution(models.Model):
         if self.status == ExecutionStatus.PAUSED:
             self._move({ExecutionStatus.PAUSED}, ExecutionStatus.RUNNING)
 
-    def hold(self) -> None:
-        """Created while earlier runs wait as incomplete executions (sequential processing)."""
+    def hold(self, reason: str) -> None:
+        """Created but waiting to start, in arrival order (sequential processing, concurrency limit)."""
         self._move({ExecutionStatus.PENDING}, ExecutionStatus.SCHEDULED)
-        self.log(
-            EventKind.EXECUTION_HELD, "Held: the workflow has unresolved incomplete executions"
-        )
+        self.log(EventKind.EXECUTION_HELD, f"Held: {reason}")
 
-    def release(self) -> None:
+    def skip(self, reason: str) -> None:
+        """A run that will never start (concurrency limit with policy skip, a missed cron fire)."""
+        self._move({ExecutionStatus.PENDING, ExecutionStatus.SCHEDULED}, ExecutionStatus.CANCELLED)
+        self.finished_at, self.error_message = timezone.now(), reason
+        self.save(update_fields=["finished_at", "error_message"])
+        self.log(EventKind.EXECUTION_SKIPPED, f"Skipped: {reason}")
+
+    def release(self, reason: str) -> None:
         self._move({ExecutionStatus.SCHEDULED}, ExecutionStatus.PENDING)
-        self.log(
-            EventKind.EXECUTION_RELEASED, "Released: no unresolved incomplete executions remain"
-        )
+        self.log(EventKind.EXECUTION_RELEASED, f"Released: {reason}")
 
     def cancel(self, who: str) -> None:
         if self.status in EXECUTION_TERMINAL:

@@ -22,6 +22,7 @@ from django.utils import timezone
 from apps.executions import engine, errors
 from apps.executions.choices import (
     EXECUTION_ADVANCING,
+    EXECUTION_LIVE,
     EXECUTION_TERMINAL,
     INCOMPLETE_RETRYABLE,
     STEP_FAILED,
@@ -99,27 +100,40 @@ def trigger_workflow(
             execution.log(
                 EventKind.CREATED, f"Created by {trigger} trigger{who} (version {version.number})"
             )
-            if _must_hold(workflow, version):
-                execution.hold()
+            hold = _hold_reason(workflow, version)
+            if hold == SKIP:
+                execution.skip("concurrency limit")
+            elif hold:
+                execution.hold(hold)
             else:
                 engine.dispatch_nodes(execution, graph, graph.entries)
     return execution
 
 
-def _must_hold(workflow: Workflow, version: WorkflowVersion) -> bool:
-    """Sequential processing: hold new runs while incomplete executions (or held runs) wait."""
-    if not version.definition.get("settings", {}).get("sequential_processing"):
-        return False
-    return (
-        IncompleteExecution.objects.open().filter(workflow=workflow).exists()
-        or workflow.executions.filter(status=ExecutionStatus.SCHEDULED, scheduled_for=None).exists()
-    )
+SKIP = "skip"
+
+
+def _hold_reason(workflow: Workflow, version: WorkflowVersion) -> str:
+    """Why a new run may not start now ("" when it may), or SKIP when it is dropped."""
+    settings_ = version.definition.get("settings", {})
+    held = workflow.executions.filter(status=ExecutionStatus.SCHEDULED, scheduled_for=None)
+    if settings_.get("sequential_processing") and (
+        IncompleteExecution.objects.open().filter(workflow=workflow).exists() or held.exists()
+    ):
+        return "the workflow has unresolved incomplete executions (sequential processing)"
+    limit = settings_.get("max_concurrent_executions") or 0
+    if limit and workflow.executions.filter(status__in=EXECUTION_LIVE).count() >= limit:
+        if settings_.get("concurrency_policy") == "skip":
+            return SKIP
+        return f"{limit} execution(s) already running (max_concurrent_executions)"
+    if limit and held.exists():
+        return "earlier runs wait for a free slot"
+    return ""
 
 
 def release_held(workflow: Workflow) -> int:
-    """Start the runs held by sequential processing, in arrival order, once none are incomplete."""
-    if IncompleteExecution.objects.open().filter(workflow=workflow).exists():
-        return 0
+    """Start held runs in arrival order while the workflow allows it: no unresolved incomplete
+    executions under sequential processing, and a free slot under max_concurrent_executions."""
     released = 0
     held = workflow.executions.filter(status=ExecutionStatus.SCHEDULED, scheduled_for=None)
     for execution_id in held.order_by("created_at", "id").values_list("id", flat=True):
@@ -129,8 +143,17 @@ def release_held(workflow: Workflow) -> int:
             )
             if execution.status != ExecutionStatus.SCHEDULED:
                 continue
+            settings_ = execution.version.definition.get("settings", {})
+            if (
+                settings_.get("sequential_processing")
+                and IncompleteExecution.objects.open().filter(workflow=workflow).exists()
+            ):
+                return released
+            limit = settings_.get("max_concurrent_executions") or 0
+            if limit and workflow.executions.filter(status__in=EXECUTION_LIVE).count() >= limit:
+                return released
             with execution.batched_log():
-                execution.release()
+                execution.release("the workflow may start it now")
                 graph = engine.graph_for(execution.version)
                 engine.dispatch_nodes(execution, graph, graph.entries)
             released += 1
@@ -319,6 +342,13 @@ def record_attempt(step: Step, attempt: Attempt, agent: Agent | None) -> Step | 
             local = _route(execution, engine.graph_for(version), step, attempt, local_queues)
     if getattr(execution, "freed_incomplete_space", False):
         _after_space_freed(execution.workflow)
+    elif (
+        execution.is_terminal
+        and execution.workflow.executions.filter(
+            status=ExecutionStatus.SCHEDULED, scheduled_for=None
+        ).exists()
+    ):
+        release_held(execution.workflow)  # a slot freed up for a run held by the concurrency limit
     return local
 
 

@@ -42,7 +42,9 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "sequential_processing": False,
     "allow_data_loss": False,
     "max_concurrent_executions": 0,
+    "concurrency_policy": "queue",
 }
+CONCURRENCY_POLICIES = ("queue", "skip")
 
 
 @dataclass(frozen=True)
@@ -204,6 +206,9 @@ class _Validator:
             elif key == "max_concurrent_executions":
                 if not _is_int(value) or value < 0:
                     self.add(f"settings.{key}", "must be a whole number, 0 or more (0 = unlimited)")
+            elif key == "concurrency_policy":
+                if value not in CONCURRENCY_POLICIES:
+                    self.add(f"settings.{key}", f"must be one of {', '.join(CONCURRENCY_POLICIES)}")
             elif not isinstance(value, bool):
                 self.add(f"settings.{key}", "must be true or false")
             out[key] = value

@@ -31,6 +31,17 @@ class Workflow(models.Model):
     is_active = models.BooleanField(default=True)
     inactive_reason = models.CharField(max_length=500, blank=True)
     webhook_key = models.CharField(max_length=64, unique=True, default=new_webhook_key)
+    webhook_secret = models.CharField(
+        max_length=128,
+        blank=True,
+        help_text="When set, webhook calls must carry an HMAC-SHA256 signature.",
+    )
+    next_fire_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        db_index=True,
+        help_text="The next cron fire time the scheduler will create.",
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -55,6 +66,12 @@ class Workflow(models.Model):
         """Pause the workflow (no new runs) and show why."""
         self.is_active, self.inactive_reason = False, reason[:500]
         self.save(update_fields=["is_active", "inactive_reason", "updated_at"])
+
+    def rotate_webhook_key(self) -> str:
+        """A new random key: the old URL stops working at once."""
+        self.webhook_key = new_webhook_key()
+        self.save(update_fields=["webhook_key", "updated_at"])
+        return self.webhook_key
 
     def reactivate(self) -> None:
         self.is_active, self.inactive_reason = True, ""
@@ -99,3 +116,26 @@ class WorkflowVersion(models.Model):
     @cached_property
     def graph(self) -> Graph:
         return Graph(self.definition)
+
+
+class WebhookDelivery(models.Model):
+    """An accepted webhook call with an Idempotency-Key: a repeat within 24 h returns its execution."""
+
+    workflow = models.ForeignKey(
+        Workflow, on_delete=models.CASCADE, related_name="webhook_deliveries"
+    )
+    idempotency_key = models.CharField(max_length=200)
+    execution = models.ForeignKey(
+        "executions.Execution", on_delete=models.CASCADE, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["workflow", "idempotency_key"], name="unique_idempotency_key"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.workflow.slug} {self.idempotency_key}"

@@ -82,6 +82,7 @@ def test_it_normalizes_a_valid_document_with_defaults():
         "sequential_processing": False,
         "allow_data_loss": False,
         "max_concurrent_executions": 0,
+        "concurrency_policy": "queue",
     }
     assert normalized["trigger"] == {"type": "manual"}
     check, decide, restart = normalized["nodes"]
@@ -127,6 +128,7 @@ def test_it_keeps_given_settings_and_fills_the_rest():
         **DEFAULT_SETTINGS,
         "store_incomplete_executions": True,
         "max_concurrent_executions": 3,
+        "concurrency_policy": "queue",
     }
 
 

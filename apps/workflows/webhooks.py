@@ -1,0 +1,142 @@
+"""`POST /hooks/<key>/`: start a run from an outside system (DESIGN §9).
+
+A plain Django view rather than DRF: the signature is computed over the raw body, and every
+answer, even to a body that is not JSON or too large, is the API's JSON error shape.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.db import IntegrityError, transaction
+from django.http import JsonResponse
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from apps.executions.choices import Trigger
+from apps.executions.services import WorkflowNotRunnable, trigger_workflow
+from apps.workflows.definition import DefinitionError
+from apps.workflows.models import WebhookDelivery, Workflow
+
+SIGNATURE_HEADER = "X-Opsflow-Signature"
+IDEMPOTENCY_WINDOW = timedelta(hours=24)
+
+
+def error(status: int, code: str, message: str, details=None) -> JsonResponse:
+    return JsonResponse(
+        {"error": {"code": code, "message": message, "details": details or {}}}, status=status
+    )
+
+
+def signature_for(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def accepted(execution, repeat: bool = False) -> JsonResponse:
+    return JsonResponse(
+        {"execution": execution.pk, "status": execution.status, "duplicate": repeat}, status=202
+    )
+
+
+@csrf_exempt
+@require_POST
+def receive(request, key: str):
+    declared = request.META.get("CONTENT_LENGTH")
+    if declared and declared.isdigit() and int(declared) > settings.OPSFLOW_MAX_BODY_BYTES:
+        return error(
+            413,
+            "payload_too_large",
+            f"The body is larger than {settings.OPSFLOW_MAX_BODY_BYTES} bytes.",
+        )
+    try:
+        body = request.body
+    except RequestDataTooBig:
+        return error(
+            413,
+            "payload_too_large",
+            f"The body is larger than {settings.OPSFLOW_MAX_BODY_BYTES} bytes.",
+        )
+    if len(body) > settings.OPSFLOW_MAX_BODY_BYTES:
+        return error(
+            413,
+            "payload_too_large",
+            f"The body is larger than {settings.OPSFLOW_MAX_BODY_BYTES} bytes.",
+        )
+
+    workflow = Workflow.objects.select_related("current_version").filter(webhook_key=key).first()
+    if workflow is None:
+        return error(404, "not_found", "No workflow has this webhook key.")
+    if workflow.webhook_secret:
+        given = request.headers.get(SIGNATURE_HEADER, "")
+        if not given:
+            return error(
+                401,
+                "signature_required",
+                f"This webhook needs an {SIGNATURE_HEADER} header (sha256=<hex HMAC of the body>).",
+            )
+        if not hmac.compare_digest(given.strip(), signature_for(workflow.webhook_secret, body)):
+            return error(401, "bad_signature", "The signature does not match the body.")
+
+    try:
+        payload = json.loads(body or b"{}")
+    except (ValueError, UnicodeDecodeError) as exc:
+        return error(400, "invalid_json", f"The body is not JSON: {exc}")
+    if not isinstance(payload, dict):
+        return error(
+            400,
+            "invalid",
+            "The body must be a JSON object.",
+            [{"path": "", "message": "must be an object"}],
+        )
+    variables = payload.get("variables", {})
+    if not isinstance(variables, dict):
+        return error(
+            400,
+            "invalid",
+            "variables: must be an object",
+            [{"path": "variables", "message": "must be an object"}],
+        )
+
+    idempotency_key = request.headers.get("Idempotency-Key", "").strip()[:200]
+    if idempotency_key:
+        earlier = (
+            WebhookDelivery.objects.filter(
+                workflow=workflow,
+                idempotency_key=idempotency_key,
+                created_at__gte=timezone.now() - IDEMPOTENCY_WINDOW,
+            )
+            .select_related("execution")
+            .first()
+        )
+        if earlier:
+            return accepted(earlier.execution, repeat=True)
+        WebhookDelivery.objects.filter(
+            workflow=workflow, idempotency_key=idempotency_key
+        ).delete()  # expired
+
+    try:
+        with transaction.atomic():
+            execution = trigger_workflow(
+                workflow, variables=variables, trigger=Trigger.WEBHOOK, trigger_data=payload
+            )
+            if idempotency_key:
+                WebhookDelivery.objects.create(
+                    workflow=workflow, idempotency_key=idempotency_key, execution=execution
+                )
+    except WorkflowNotRunnable as exc:
+        return error(409, "conflict", str(exc))
+    except DefinitionError as exc:
+        details = [p.as_dict() for p in exc.problems]
+        return error(400, "invalid", "; ".join(str(p) for p in exc.problems), details)
+    except IntegrityError:  # the same key raced in concurrently: the first one won
+        earlier = WebhookDelivery.objects.select_related("execution").get(
+            workflow=workflow, idempotency_key=idempotency_key
+        )
+        return accepted(earlier.execution, repeat=True)
+    return accepted(execution)
