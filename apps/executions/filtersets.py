@@ -12,10 +12,21 @@ class ExecutionFilterSet(django_filters.FilterSet):
     trigger = django_filters.ChoiceFilter(choices=Trigger.choices)
     started_after = django_filters.IsoDateTimeFilter(field_name="started_at", lookup_expr="gte")
     started_before = django_filters.IsoDateTimeFilter(field_name="started_at", lookup_expr="lt")
+    overdue = django_filters.ChoiceFilter(
+        choices=[("true", "true"), ("false", "false")],
+        method="filter_overdue",
+        label="Scheduled runs whose time passed more than OPSFLOW_OVERDUE_GRACE ago",
+    )
+
+    def filter_overdue(self, queryset, name, value):
+        from apps.executions.cron import overdue
+
+        late = overdue(queryset)
+        return late if value == "true" else queryset.exclude(pk__in=late.values("pk"))
 
     class Meta:
         model = Execution
-        fields = ["workflow", "status", "trigger", "started_after", "started_before"]
+        fields = ["workflow", "status", "trigger", "started_after", "started_before", "overdue"]
 
 
 class IncompleteExecutionFilterSet(django_filters.FilterSet):

@@ -78,6 +78,14 @@ class Execution(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [models.Index(fields=["workflow", "status"])]
+        constraints = [
+            # One execution per cron fire, however many schedulers race to create it.
+            models.UniqueConstraint(
+                fields=["workflow", "scheduled_for"],
+                condition=models.Q(trigger="cron"),
+                name="one_execution_per_cron_fire",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.workflow.slug} ({self.status})"

@@ -69,6 +69,9 @@ class SchedulerLoop:
 
         if self.embedded:
             self._promote_scheduled_jobs()
+        from apps.executions import cron
+
+        cron.tick()
         expire_due_approvals()
         escalate_due_approvals()
         run_due_incomplete_retries()

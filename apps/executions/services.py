@@ -69,6 +69,7 @@ def trigger_workflow(
     user=None,
     version: WorkflowVersion | None = None,
     retriggered_from: Execution | None = None,
+    scheduled_for=None,
 ) -> Execution:
     """Create an execution of the current published version and dispatch its entry nodes.
 
@@ -94,6 +95,7 @@ def trigger_workflow(
             variables=values,
             triggered_by=user if user and user.is_authenticated else None,
             retriggered_from=retriggered_from,
+            scheduled_for=scheduled_for,
         )
         who = f" by {user.username}" if user and user.is_authenticated else ""
         with execution.batched_log():
@@ -101,7 +103,9 @@ def trigger_workflow(
                 EventKind.CREATED, f"Created by {trigger} trigger{who} (version {version.number})"
             )
             hold = _hold_reason(workflow, version)
-            if hold == SKIP:
+            if scheduled_for is not None:
+                execution.hold(f"due at {scheduled_for:%Y-%m-%d %H:%M:%S %Z}")
+            elif hold == SKIP:
                 execution.skip("concurrency limit")
             elif hold:
                 execution.hold(hold)
@@ -129,6 +133,38 @@ def _hold_reason(workflow: Workflow, version: WorkflowVersion) -> str:
     if limit and held.exists():
         return "earlier runs wait for a free slot"
     return ""
+
+
+def start_scheduled(execution_id: int, reason: str) -> bool:
+    """Start a scheduled run whose time has come, unless the workflow's limits hold it back."""
+    with transaction.atomic():
+        execution = (
+            Execution.objects.select_for_update()
+            .select_related("version", "workflow")
+            .get(pk=execution_id)
+        )
+        if execution.status != ExecutionStatus.SCHEDULED:
+            return False
+        hold = _hold_reason(execution.workflow, execution.version)
+        with execution.batched_log():
+            if hold == SKIP:
+                execution.skip("concurrency limit")
+                return False
+            if hold:
+                return False  # stays scheduled (and shows as overdue if held long)
+            execution.release(reason)
+            graph = engine.graph_for(execution.version)
+            engine.dispatch_nodes(execution, graph, graph.entries)
+    return True
+
+
+def skip_scheduled(execution_id: int, reason: str) -> bool:
+    with transaction.atomic():
+        execution = Execution.objects.select_for_update().get(pk=execution_id)
+        if execution.status != ExecutionStatus.SCHEDULED:
+            return False
+        execution.skip(reason)
+    return True
 
 
 def release_held(workflow: Workflow) -> int:

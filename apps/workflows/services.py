@@ -59,7 +59,9 @@ def publish_workflow(workflow: Workflow, user=None) -> WorkflowVersion:
         workflow=locked, number=number, definition=definition, created_by=user
     )
     locked.current_version = version
-    locked.save(update_fields=["current_version", "updated_at"])
+    locked.next_fire_at = None  # the schedule may have changed: the scheduler recomputes it
+    locked.save(update_fields=["current_version", "next_fire_at", "updated_at"])
+    _skip_future_cron_runs(locked)
     workflow.current_version = version
     return version
 
@@ -80,3 +82,15 @@ def import_workflow(
         if publish:
             publish_workflow(workflow, user)
     return workflow, created
+
+
+def _skip_future_cron_runs(workflow: Workflow) -> None:
+    """Runs scheduled by the previous version's schedule are skipped, with that reason."""
+    from apps.executions.choices import ExecutionStatus, Trigger
+    from apps.executions.services import skip_scheduled
+
+    future = workflow.executions.filter(status=ExecutionStatus.SCHEDULED, trigger=Trigger.CRON)
+    for execution_id in future.values_list("id", flat=True):
+        transaction.on_commit(
+            lambda e=execution_id: skip_scheduled(e, "a new version was published")
+        )
