@@ -40,6 +40,23 @@ def wants_partial(request) -> bool:
     return bool(getattr(request, "htmx", False)) and not request.htmx.boosted
 
 
+class OverdueFilter(admin.SimpleListFilter):
+    """Derived, not a status: scheduled runs whose time passed more than the grace period ago."""
+
+    title = "overdue"
+    parameter_name = "overdue"
+
+    def lookups(self, request, model_admin):
+        return [("true", "Overdue")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "true":
+            from apps.executions.cron import overdue
+
+            return overdue(queryset)
+        return queryset
+
+
 @admin.register(Execution)
 class ExecutionAdmin(OrganizationScopedAdmin, admin.ModelAdmin):
     organization_field = "workflow__organization"
@@ -55,6 +72,7 @@ class ExecutionAdmin(OrganizationScopedAdmin, admin.ModelAdmin):
     ]
     list_display_links = None
     list_filter = [
+        OverdueFilter,
         "status",
         "trigger",
         ("workflow", admin.RelatedOnlyFieldListFilter),

@@ -65,7 +65,15 @@ class WorkflowAdmin(OrganizationScopedAdmin, admin.ModelAdmin):
     def get_fields(self, request, obj=None):
         if obj is None:
             return ["organization", "definition"]
-        return ["slug", "published", "is_active", "inactive_reason", "webhook_path", "definition"]
+        return [
+            "slug",
+            "published",
+            "is_active",
+            "inactive_reason",
+            "webhook_path",
+            "webhook_secret",
+            "definition",
+        ]
 
     def get_form(self, request, obj=None, change=False, **kwargs):
         form_class = super().get_form(request, obj, change=change, **kwargs)
@@ -92,7 +100,7 @@ class WorkflowAdmin(OrganizationScopedAdmin, admin.ModelAdmin):
         definition = form.cleaned_data["definition"]
         if change:
             update_draft(obj, definition)
-            obj.save(update_fields=["is_active", "updated_at"])
+            obj.save(update_fields=["is_active", "webhook_secret", "updated_at"])
         else:
             created = create_workflow(form.cleaned_data["organization"], definition, request.user)
             obj.pk = created.pk
@@ -123,6 +131,11 @@ class WorkflowAdmin(OrganizationScopedAdmin, admin.ModelAdmin):
                 self.admin_site.admin_view(self.run_view),
                 name="workflows_workflow_run",
             ),
+            path(
+                "<int:pk>/rotate-webhook/",
+                self.admin_site.admin_view(self.rotate_webhook_view),
+                name="workflows_workflow_rotate_webhook",
+            ),
         ]
         return custom + super().get_urls()
 
@@ -141,6 +154,19 @@ class WorkflowAdmin(OrganizationScopedAdmin, admin.ModelAdmin):
             messages.error(request, f"Cannot publish: {exc}")
         else:
             messages.success(request, f"Version {version.number} of {workflow.name} is live.")
+        return redirect(reverse("admin:workflows_workflow_change", args=[workflow.pk]))
+
+    def rotate_webhook_view(self, request, pk: int):
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        workflow = self._workflow(request, pk)
+        if not has_role(request.user, workflow.organization, CAN_EDIT):
+            raise PermissionDenied("Rotating the webhook key needs the editor role.")
+        workflow.rotate_webhook_key()
+        messages.success(
+            request,
+            f"New webhook URL: /hooks/{workflow.webhook_key}/ (the old one no longer works).",
+        )
         return redirect(reverse("admin:workflows_workflow_change", args=[workflow.pk]))
 
     def run_view(self, request, pk: int):

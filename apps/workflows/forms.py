@@ -26,7 +26,7 @@ class WorkflowDefinitionForm(forms.ModelForm):
 
     class Meta:
         model = Workflow
-        fields = ["organization", "is_active"]
+        fields = ["organization", "is_active", "webhook_secret"]
 
     def __init__(self, *args, user=None, **kwargs):
         super().__init__(*args, **kwargs)
