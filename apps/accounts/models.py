@@ -11,6 +11,11 @@ class Organization(models.Model):
 
     slug = models.SlugField(unique=True)
     name = models.CharField(max_length=200)
+    retention_days = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Days to keep finished executions; empty uses OPSFLOW_RETENTION_DAYS; 0 keeps them forever.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

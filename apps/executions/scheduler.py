@@ -78,6 +78,20 @@ class SchedulerLoop:
         reactivate_when_space_is_free()
         release_all_held()
         reconcile_lost_dispatches()
+        self._prune_daily()
+
+    def _prune_daily(self) -> None:
+        """Retention runs once a day, whichever scheduler leads when the day starts."""
+        from django.utils import timezone
+
+        from apps.executions.retention import prune_executions
+
+        if get_connection().set(
+            f"opsflow:prune:{timezone.now():%Y-%m-%d}", self.token, nx=True, ex=2 * 86400
+        ):
+            counts = prune_executions()
+            if counts:
+                logger.info("retention pruned %s execution(s)", sum(counts.values()))
 
     def _promote_scheduled_jobs(self) -> None:
         """Embedded only: worker threads do not run RQ's scheduler process, so the loop does."""

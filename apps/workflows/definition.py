@@ -43,6 +43,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "allow_data_loss": False,
     "max_concurrent_executions": 0,
     "concurrency_policy": "queue",
+    "retention_days": None,  # None: the organization's, then OPSFLOW_RETENTION_DAYS; 0: forever
 }
 CONCURRENCY_POLICIES = ("queue", "skip")
 
@@ -206,6 +207,12 @@ class _Validator:
             elif key == "max_concurrent_executions":
                 if not _is_int(value) or value < 0:
                     self.add(f"settings.{key}", "must be a whole number, 0 or more (0 = unlimited)")
+            elif key == "retention_days":
+                if value is not None and (not _is_int(value) or value < 0):
+                    self.add(
+                        f"settings.{key}",
+                        "must be a whole number of days, 0 or more (0 = keep forever)",
+                    )
             elif key == "concurrency_policy":
                 if value not in CONCURRENCY_POLICIES:
                     self.add(f"settings.{key}", f"must be one of {', '.join(CONCURRENCY_POLICIES)}")

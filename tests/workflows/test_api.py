@@ -66,6 +66,7 @@ def test_it_creates_a_workflow_from_a_json_definition(editor, org, api_for):
         "allow_data_loss": False,
         "max_concurrent_executions": 2,
         "concurrency_policy": "queue",
+        "retention_days": None,
     }
     assert body["webhook_url"] == f"http://testserver/hooks/{workflow.webhook_key}/"
     assert [node["id"] for node in body["definition"]["nodes"]] == ["check", "restart"]

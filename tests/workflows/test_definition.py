@@ -83,6 +83,7 @@ def test_it_normalizes_a_valid_document_with_defaults():
         "allow_data_loss": False,
         "max_concurrent_executions": 0,
         "concurrency_policy": "queue",
+        "retention_days": None,
     }
     assert normalized["trigger"] == {"type": "manual"}
     check, decide, restart = normalized["nodes"]
@@ -129,6 +130,7 @@ def test_it_keeps_given_settings_and_fills_the_rest():
         "store_incomplete_executions": True,
         "max_concurrent_executions": 3,
         "concurrency_policy": "queue",
+        "retention_days": None,
     }
 
 
