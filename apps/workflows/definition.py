@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 import zoneinfo
 from collections import defaultdict
@@ -132,9 +133,13 @@ class _Validator:
             raise DefinitionError(self.problems)
         try:
             json.dumps(doc, allow_nan=False)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             self.add("", f"the definition must hold only JSON values: {exc}")
             raise DefinitionError(self.problems) from None
+        problem = unstorable(doc)
+        if problem:
+            self.add("", f"the definition cannot be stored: {problem}")
+            raise DefinitionError(self.problems)
         out = copy.deepcopy(doc)
         for key in sorted(set(doc) - TOP_LEVEL_KEYS, key=str):
             self.add(str(key), "unknown field")
@@ -448,6 +453,32 @@ def validate_definition(doc: Any) -> dict[str, Any]:
     return _Validator(doc).run()
 
 
+_UNSTORABLE_TEXT = re.compile("[\x00\ud800-\udfff]")
+
+
+def unstorable(value: Any) -> str | None:
+    """Why a JSON value cannot be stored (PostgreSQL's jsonb refuses these), or None.
+
+    Walks without recursion, so a deeply nested document cannot exhaust the stack.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if isinstance(key, str) and _UNSTORABLE_TEXT.search(key):
+                    return "a key holds a NUL character or a lone surrogate"
+                stack.append(child)
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            if _UNSTORABLE_TEXT.search(item):
+                return "a string holds a NUL character or a lone surrogate"
+        elif isinstance(item, float) and not math.isfinite(item):
+            return "a number is not finite (NaN or Infinity)"
+    return None
+
+
 def normalize(document: Any) -> dict[str, Any]:
     """The validated definition with every default filled in, as versions store it (no `organization`)."""
     definition = validate_definition(document)
@@ -466,6 +497,9 @@ def resolve_variables(definition: dict[str, Any], supplied: Any) -> dict[str, An
         supplied = {}
     if not isinstance(supplied, dict):
         raise DefinitionError([Problem("variables", "must be a mapping of names to values")])
+    problem = unstorable(supplied)
+    if problem:
+        raise DefinitionError([Problem("variables", f"cannot be stored: {problem}")])
     specs = definition.get("variables") or {}
     problems: list[Problem] = []
     values = dict(supplied)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 from datetime import timedelta
 
 from django.conf import settings
@@ -17,11 +18,10 @@ from django.db import IntegrityError, transaction
 from django.http import JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_POST
 
 from apps.executions.choices import Trigger
 from apps.executions.services import WorkflowNotRunnable, trigger_workflow
-from apps.workflows.definition import DefinitionError
+from apps.workflows.definition import DefinitionError, unstorable
 from apps.workflows.models import WebhookDelivery, Workflow
 
 SIGNATURE_HEADER = "X-Opsflow-Signature"
@@ -30,8 +30,19 @@ IDEMPOTENCY_WINDOW = timedelta(hours=24)
 
 def error(status: int, code: str, message: str, details=None) -> JsonResponse:
     return JsonResponse(
-        {"error": {"code": code, "message": message, "details": details or {}}}, status=status
+        {"error": {"code": code, "message": message, "details": details or []}}, status=status
     )
+
+
+def _not_json(text: str):
+    raise ValueError(f"{text} is not JSON")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text} is out of range")
+    return number
 
 
 def signature_for(secret: str, body: bytes) -> str:
@@ -45,8 +56,11 @@ def accepted(execution, repeat: bool = False) -> JsonResponse:
 
 
 @csrf_exempt
-@require_POST
 def receive(request, key: str):
+    if request.method != "POST":
+        response = error(405, "method_not_allowed", "Use POST.")
+        response["Allow"] = "POST"
+        return response
     declared = request.META.get("CONTENT_LENGTH")
     if declared and declared.isdigit() and int(declared) > settings.OPSFLOW_MAX_BODY_BYTES:
         return error(
@@ -80,11 +94,16 @@ def receive(request, key: str):
                 "signature_required",
                 f"This webhook needs an {SIGNATURE_HEADER} header (sha256=<hex HMAC of the body>).",
             )
-        if not hmac.compare_digest(given.strip(), signature_for(workflow.webhook_secret, body)):
+        expected = signature_for(workflow.webhook_secret, body).encode()
+        if not hmac.compare_digest(given.strip().encode("utf-8", "replace"), expected):
             return error(401, "bad_signature", "The signature does not match the body.")
 
     try:
-        payload = json.loads(body or b"{}")
+        payload = json.loads(body or b"{}", parse_constant=_not_json, parse_float=_finite)
+    except RecursionError:
+        return error(
+            400, "invalid_json", "The body is not JSON we accept: it is nested too deeply."
+        )
     except (ValueError, UnicodeDecodeError) as exc:
         return error(400, "invalid_json", f"The body is not JSON: {exc}")
     if not isinstance(payload, dict):
@@ -93,6 +112,14 @@ def receive(request, key: str):
             "invalid",
             "The body must be a JSON object.",
             [{"path": "", "message": "must be an object"}],
+        )
+    problem = unstorable(payload)
+    if problem:
+        return error(
+            400,
+            "invalid",
+            f"The body cannot be stored: {problem}.",
+            [{"path": "", "message": problem}],
         )
     variables = payload.get("variables", {})
     if not isinstance(variables, dict):
@@ -134,9 +161,14 @@ def receive(request, key: str):
     except DefinitionError as exc:
         details = [p.as_dict() for p in exc.problems]
         return error(400, "invalid", "; ".join(str(p) for p in exc.problems), details)
-    except IntegrityError:  # the same key raced in concurrently: the first one won
-        earlier = WebhookDelivery.objects.select_related("execution").get(
-            workflow=workflow, idempotency_key=idempotency_key
+    except IntegrityError:
+        earlier = (
+            idempotency_key
+            and WebhookDelivery.objects.select_related("execution")
+            .filter(workflow=workflow, idempotency_key=idempotency_key)
+            .first()
         )
-        return accepted(earlier.execution, repeat=True)
+        if not earlier:
+            raise  # not the idempotency race: a real error
+        return accepted(earlier.execution, repeat=True)  # the same key raced in: the first one won
     return accepted(execution)
