@@ -112,10 +112,10 @@ def work_due(workflow: Workflow, now: datetime) -> tuple[int, int]:
             reason = ""
         if reason:
             skipped += skip_scheduled(execution_id, reason)
-        else:
-            started += start_scheduled(
-                execution_id, f"cron fire of {when:%Y-%m-%d %H:%M:%S %Z} is due"
-            )
+            continue
+        outcome = start_scheduled(execution_id, f"cron fire of {when:%Y-%m-%d %H:%M:%S %Z} is due")
+        started += outcome == "started"
+        skipped += outcome == "skipped"
     return started, skipped
 
 

@@ -259,6 +259,9 @@ def advance(
     local = dispatch(execution, graph, extra + ready, local_queues)
     if not extra and not ready and not any(state.status in STEP_OPEN for state in states.values()):
         execution.complete()
+        from apps.executions.services import release_held_on_commit
+
+        release_held_on_commit(execution.workflow_id)
         for record in execution.incomplete_records.open():
             record.close(IncompleteStatus.RESOLVED)
             execution.freed_incomplete_space = True  # the caller reactivates/releases after commit

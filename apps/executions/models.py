@@ -81,7 +81,7 @@ class Execution(models.Model):
         constraints = [
             # One execution per cron fire, however many schedulers race to create it.
             models.UniqueConstraint(
-                fields=["workflow", "scheduled_for"],
+                fields=["workflow", "version", "scheduled_for"],
                 condition=models.Q(trigger="cron"),
                 name="one_execution_per_cron_fire",
             ),

@@ -87,6 +87,9 @@ def trigger_workflow(
     values = resolve_variables(version.definition, variables)
     graph = engine.graph_for(version)
     with transaction.atomic():
+        if version.definition.get("settings", {}).get("max_concurrent_executions"):
+            # Two triggers at once must not both see a free slot: serialize on the workflow row.
+            Workflow.objects.select_for_update().only("id").get(pk=workflow.pk)
         execution = Execution.objects.create(
             workflow=workflow,
             version=version,
@@ -102,7 +105,7 @@ def trigger_workflow(
             execution.log(
                 EventKind.CREATED, f"Created by {trigger} trigger{who} (version {version.number})"
             )
-            hold = _hold_reason(workflow, version)
+            hold = _hold_reason(workflow, version, exclude=execution.pk)
             if scheduled_for is not None:
                 execution.hold(f"due at {scheduled_for:%Y-%m-%d %H:%M:%S %Z}")
             elif hold == SKIP:
@@ -117,8 +120,9 @@ def trigger_workflow(
 SKIP = "skip"
 
 
-def _hold_reason(workflow: Workflow, version: WorkflowVersion) -> str:
-    """Why a new run may not start now ("" when it may), or SKIP when it is dropped."""
+def _hold_reason(workflow: Workflow, version: WorkflowVersion, exclude: int | None = None) -> str:
+    """Why a new run may not start now ("" when it may), or SKIP when it is dropped.
+    `exclude` is the run being decided on: it does not count against the limit itself."""
     settings_ = version.definition.get("settings", {})
     held = workflow.executions.filter(status=ExecutionStatus.SCHEDULED, scheduled_for=None)
     if settings_.get("sequential_processing") and (
@@ -126,7 +130,8 @@ def _hold_reason(workflow: Workflow, version: WorkflowVersion) -> str:
     ):
         return "the workflow has unresolved incomplete executions (sequential processing)"
     limit = settings_.get("max_concurrent_executions") or 0
-    if limit and workflow.executions.filter(status__in=EXECUTION_LIVE).count() >= limit:
+    live = workflow.executions.filter(status__in=EXECUTION_LIVE).exclude(pk=exclude)
+    if limit and live.count() >= limit:
         if settings_.get("concurrency_policy") == "skip":
             return SKIP
         return f"{limit} execution(s) already running (max_concurrent_executions)"
@@ -135,8 +140,9 @@ def _hold_reason(workflow: Workflow, version: WorkflowVersion) -> str:
     return ""
 
 
-def start_scheduled(execution_id: int, reason: str) -> bool:
-    """Start a scheduled run whose time has come, unless the workflow's limits hold it back."""
+def start_scheduled(execution_id: int, reason: str) -> str:
+    """Start a scheduled run whose time has come, unless the workflow's limits hold it back.
+    Returns "started", "skipped" (concurrency policy skip), "held", or "" (no longer scheduled)."""
     with transaction.atomic():
         execution = (
             Execution.objects.select_for_update()
@@ -144,18 +150,18 @@ def start_scheduled(execution_id: int, reason: str) -> bool:
             .get(pk=execution_id)
         )
         if execution.status != ExecutionStatus.SCHEDULED:
-            return False
-        hold = _hold_reason(execution.workflow, execution.version)
+            return ""
+        hold = _hold_reason(execution.workflow, execution.version, exclude=execution.pk)
         with execution.batched_log():
             if hold == SKIP:
                 execution.skip("concurrency limit")
-                return False
+                return "skipped"
             if hold:
-                return False  # stays scheduled (and shows as overdue if held long)
+                return "held"  # stays scheduled (and shows as overdue if held long)
             execution.release(reason)
             graph = engine.graph_for(execution.version)
             engine.dispatch_nodes(execution, graph, graph.entries)
-    return True
+    return "started"
 
 
 def skip_scheduled(execution_id: int, reason: str) -> bool:
@@ -165,6 +171,18 @@ def skip_scheduled(execution_id: int, reason: str) -> bool:
             return False
         execution.skip(reason)
     return True
+
+
+def release_held_on_commit(workflow_id: int) -> None:
+    """A run ended: once that commits, a run held for its slot may start."""
+
+    def release() -> None:
+        if Execution.objects.filter(
+            workflow_id=workflow_id, status=ExecutionStatus.SCHEDULED, scheduled_for=None
+        ).exists():
+            release_held(Workflow.objects.get(pk=workflow_id))
+
+    transaction.on_commit(release)
 
 
 def release_held(workflow: Workflow) -> int:
@@ -378,13 +396,6 @@ def record_attempt(step: Step, attempt: Attempt, agent: Agent | None) -> Step | 
             local = _route(execution, engine.graph_for(version), step, attempt, local_queues)
     if getattr(execution, "freed_incomplete_space", False):
         _after_space_freed(execution.workflow)
-    elif (
-        execution.is_terminal
-        and execution.workflow.executions.filter(
-            status=ExecutionStatus.SCHEDULED, scheduled_for=None
-        ).exists()
-    ):
-        release_held(execution.workflow)  # a slot freed up for a run held by the concurrency limit
     return local
 
 
@@ -554,6 +565,7 @@ def _stop_open_steps(execution: Execution) -> None:
 def _fail(execution: Execution, step: Step, why: str) -> None:
     _stop_open_steps(execution)
     _cancel_waiting(execution)
+    release_held_on_commit(execution.workflow_id)
     reason = f"{step.node_id} failed with {step.error_type}: {step.error_message}"
     execution.fail(f"{reason} ({why})" if why else reason)
     for record in execution.incomplete_records.open():
