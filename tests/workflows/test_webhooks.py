@@ -480,8 +480,10 @@ FUZZ = hypothesis_settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 
-# NUL is left out of generated text: it is covered by the targeted test above (PostgreSQL bug).
-json_text = st.text(st.characters(exclude_characters="\x00"), max_size=12)
+# NUL and lone surrogates cannot be stored; their own tests above expect 400 for them.
+json_text = st.text(
+    st.characters(exclude_characters="\x00", exclude_categories=("Cs",)), max_size=12
+)
 json_scalars = (
     st.none()
     | st.booleans()
