@@ -476,8 +476,12 @@ def test_a_string_the_database_cannot_store_is_never_a_crash(hooks, free, escape
 
 # --- fuzzed bodies ---
 
+# derandomize: CI sees the same 150 examples every run (a failure reproduces; no flaky red).
 FUZZ = hypothesis_settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 
 # NUL and lone surrogates cannot be stored; their own tests above expect 400 for them.
