@@ -12,14 +12,11 @@ from apps.accounts.admin_mixins import OrganizationScopedAdmin
 from apps.approvals import services
 from apps.approvals.choices import APPROVAL_COLOURS, Decision, Via
 from apps.approvals.models import Approval
+from apps.executions.admin import status_badge
 
 
 def approval_badge(status: str):
-    return format_html(
-        '<span class="opsflow-badge" style="background:{}">{}</span>',
-        APPROVAL_COLOURS.get(status, "#6b7280"),
-        status,
-    )
+    return status_badge(status, colours=APPROVAL_COLOURS)
 
 
 @admin.register(Approval)

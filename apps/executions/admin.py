@@ -25,8 +25,9 @@ from apps.executions.models import Execution, IncompleteExecution
 from apps.workflows.definition import DefinitionError
 
 
-def status_badge(status: str, label: str | None = None):
-    colour = STATUS_COLOURS.get(status, "#6b7280")
+def status_badge(status: str, label: str | None = None, colours=STATUS_COLOURS):
+    """The coloured status pill of the portal (executions, steps, records, approvals)."""
+    colour = colours.get(status, "#6b7280")
     return format_html(
         '<span class="opsflow-badge opsflow-{}" style="background:{}">{}</span>',
         status,

@@ -503,36 +503,15 @@ def route_failure(execution: Execution, graph, step: Step, attempt: Attempt) -> 
         return False
     # 2. an error route handles it
     if graph.has_error_route(step.node_id):
-        step.mark_handled(StepHandling.ERROR_ROUTE)
-        execution.log(
-            EventKind.ERROR_ROUTED,
-            f"{step.node_id} failed; following its error route",
-            node_id=step.node_id,
-            step=step,
-        )
-        return True
+        return _handled(execution, step, StepHandling.ERROR_ROUTE, "following its error route")
     # 3. on_error
     if node.get("on_error") == "continue":
-        step.mark_handled(StepHandling.CONTINUE)
-        execution.log(
-            EventKind.ERROR_ROUTED,
-            f"{step.node_id} failed; on_error is continue",
-            node_id=step.node_id,
-            step=step,
-        )
-        return True
+        return _handled(execution, step, StepHandling.CONTINUE, "on_error is continue")
     if node.get("on_error") == "break":
         store_incomplete(execution, graph, step, auto_retry=True)
         return False
     if not node.get("critical", True):
-        step.mark_handled(StepHandling.NOT_CRITICAL)
-        execution.log(
-            EventKind.ERROR_ROUTED,
-            f"{step.node_id} failed; it is not critical",
-            node_id=step.node_id,
-            step=step,
-        )
-        return True
+        return _handled(execution, step, StepHandling.NOT_CRITICAL, "it is not critical")
     # 4. the first node fails the run at once
     if step.node_id in graph.entries:
         _fail(execution, step, "it is an entry node")
@@ -544,6 +523,15 @@ def route_failure(execution: Execution, graph, step: Step, attempt: Attempt) -> 
     else:
         _fail(execution, step, "")
     return False
+
+
+def _handled(execution: Execution, step: Step, handling: str, why: str) -> bool:
+    """The failure is handled: record how, log it, and let the graph go on from the node."""
+    step.mark_handled(handling)
+    execution.log(
+        EventKind.ERROR_ROUTED, f"{step.node_id} failed; {why}", node_id=step.node_id, step=step
+    )
+    return True
 
 
 def _cancel_waiting(execution: Execution) -> None:
