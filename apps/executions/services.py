@@ -105,15 +105,16 @@ def trigger_workflow(
             execution.log(
                 EventKind.CREATED, f"Created by {trigger} trigger{who} (version {version.number})"
             )
-            hold = _hold_reason(workflow, version, exclude=execution.pk)
-            if scheduled_for is not None:
+            if scheduled_for is not None:  # limits are checked when it comes due (start_scheduled)
                 execution.hold(f"due at {scheduled_for:%Y-%m-%d %H:%M:%S %Z}")
-            elif hold == SKIP:
-                execution.skip("concurrency limit")
-            elif hold:
-                execution.hold(hold)
             else:
-                engine.dispatch_nodes(execution, graph, graph.entries)
+                hold = _hold_reason(workflow, version, exclude=execution.pk)
+                if hold == SKIP:
+                    execution.skip("concurrency limit")
+                elif hold:
+                    execution.hold(hold)
+                else:
+                    engine.dispatch_nodes(execution, graph, graph.entries)
     return execution
 
 
