@@ -65,6 +65,13 @@ STEP_FINISHED = frozenset(
 )
 
 
+class AgentState(models.TextChoices):
+    RUNNING = "running", "Running"
+    STOPPING = "stopping", "Stopping (draining)"
+    STOPPED = "stopped", "Stopped"
+    LOST = "lost", "Lost (no heartbeat)"
+
+
 class StepHandling(models.TextChoices):
     """How a failed attempt was handled (DESIGN §6); blank while it is not a handled failure."""
 
@@ -124,6 +131,7 @@ class EventKind(models.TextChoices):
     APPROVAL_DECIDED = "approval_decided", "Approval decided"
     APPROVAL_ESCALATED = "approval_escalated", "Approval escalated"
     DUPLICATE_DELIVERY = "duplicate_delivery", "Duplicate delivery ignored"
+    NODE_INTERRUPTED = "node_interrupted", "Node interrupted"
 
 
 # Badge colours (DESIGN §8), used by the admin.
@@ -139,6 +147,8 @@ STATUS_COLOURS = {
     ExecutionStatus.FAILED: "#dc2626",
     ExecutionStatus.CANCELLED: "#6b7280",
     StepStatus.DISPATCHED: "#6b7280",
+    AgentState.STOPPING: "#d97706",
+    AgentState.LOST: "#dc2626",
     StepStatus.TIMEOUT: "#dc2626",
     StepStatus.SKIPPED: "#9ca3af",
     IncompleteStatus.UNRESOLVED: "#c2410c",

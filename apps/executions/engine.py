@@ -271,7 +271,8 @@ def advance(
 def resume(
     execution: Execution, graph: Graph, overrides: dict[str, dict[str, Any]] | None = None
 ) -> None:
-    """Go on after a stop: new attempts for the nodes that failed unhandled or were cancelled,
+    """Go on after a stop: new attempts for the nodes that failed unhandled, were cancelled or
+    were interrupted,
     then decide whatever finished meanwhile. Completed steps are kept and not re-run."""
     overrides = overrides or {}
     states = node_states(execution)
@@ -282,7 +283,7 @@ def resume(
         for node_id, state in states.items()
         if node_id in graph.nodes
         and (
-            state.status == StepStatus.CANCELLED
+            state.status in (StepStatus.CANCELLED, StepStatus.INTERRUPTED)
             or (state.status in STEP_FAILED and not state.handling)
         )
     ]

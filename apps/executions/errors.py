@@ -60,6 +60,13 @@ class UnexpectedError(NodeError):
     auto_retry = False
 
 
+class WorkerLostError(NodeError):
+    """The node's agent died while running it, again and again (3 interruptions): an operator
+    should look (a step that runs its worker out of memory dies the same way every time)."""
+
+    auto_retry = False
+
+
 class MaxFileSizeExceededError(NodeError):
     auto_retry = False
 
@@ -79,6 +86,7 @@ _INCOMPLETE_POLICY = {
         InvalidConfigurationError,
         InvalidAccessTokenError,
         UnexpectedError,
+        WorkerLostError,
         MaxFileSizeExceededError,
         MaxResultsExceededError,
     )

@@ -16,6 +16,7 @@ from apps.executions.choices import (
     INCOMPLETE_OPEN,
     STEP_FAILED,
     STEP_RUNNABLE,
+    AgentState,
     EventKind,
     ExecutionStatus,
     IncompleteStatus,
@@ -174,6 +175,15 @@ class Execution(models.Model):
             raise IllegalTransition(f"execution {self.pk} is {self.status}; cannot become {status}")
         self.status = status
         self.save(update_fields=["status"])
+
+    def mark_interrupted(self) -> None:
+        """A step's agent died; a new attempt is on its way (the caller holds the row lock)."""
+        if self.status in (
+            ExecutionStatus.PENDING,
+            ExecutionStatus.RUNNING,
+            ExecutionStatus.RETRYING,
+        ):
+            self._move(EXECUTION_ADVANCING, ExecutionStatus.INTERRUPTED)
 
     def mark_retrying(self) -> None:
         """A node waits for its next attempt (the caller holds the row lock)."""
@@ -385,6 +395,14 @@ class Step(models.Model):
             self.status, self.started_at, self.worker = StepStatus.RUNNING, now, worker[:200]
         return bool(changed)
 
+    def interrupt(self, reason: str) -> None:
+        """running → interrupted: the agent running it died (DESIGN §6 Durability)."""
+        if self.status != StepStatus.RUNNING:
+            raise IllegalTransition(f"step {self.pk} is {self.status}; only a running step stops")
+        self.status, self.finished_at = StepStatus.INTERRUPTED, timezone.now()
+        self.error_type, self.error_message = "WorkerLostError", reason
+        self.save(update_fields=["status", "finished_at", "error_type", "error_message"])
+
     def finish(
         self,
         status: str,
@@ -543,3 +561,83 @@ class IncompleteExecution(models.Model):
         if changed:
             self.status, self.closed_at, self.closed_by = status, now, user
         return bool(changed)
+
+
+class AgentQuerySet(models.QuerySet):
+    def lost(self, now: datetime | None = None) -> AgentQuerySet:
+        """Agents that will not finish what they started: stopped, or silent past the timeout."""
+        cutoff = (now or timezone.now()) - timedelta(seconds=settings.OPSFLOW_AGENT_TIMEOUT)
+        return self.filter(
+            models.Q(state=AgentState.STOPPED) | models.Q(last_heartbeat_at__lt=cutoff)
+        )
+
+
+class Agent(models.Model):
+    """A process (or embedded worker thread) that runs steps: an RQ worker (DESIGN §2).
+
+    Its heartbeat, stamped here every OPSFLOW_HEARTBEAT_SECONDS while it works, is how the
+    reconciler knows that a running step's agent died.
+    """
+
+    name = models.CharField(max_length=200, unique=True)
+    hostname = models.CharField(max_length=200)
+    pid = models.PositiveIntegerField()
+    queues = models.JSONField(default=list)
+    state = models.CharField(
+        max_length=16, choices=AgentState.choices, default=AgentState.RUNNING, db_index=True
+    )
+    started_at = models.DateTimeField(default=timezone.now)
+    last_heartbeat_at = models.DateTimeField(default=timezone.now, db_index=True)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+
+    objects = AgentQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-last_heartbeat_at", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def display_state(self, now: datetime | None = None) -> str:
+        """The stored state, or `lost` when a live-looking agent has gone silent."""
+        cutoff = (now or timezone.now()) - timedelta(seconds=settings.OPSFLOW_AGENT_TIMEOUT)
+        if self.state != AgentState.STOPPED and self.last_heartbeat_at < cutoff:
+            return AgentState.LOST
+        return self.state
+
+    @classmethod
+    def register(cls, name: str, queues: list[str], hostname: str, pid: int) -> Agent:
+        now = timezone.now()
+        agent, _ = cls.objects.update_or_create(
+            name=name,
+            defaults={
+                "hostname": hostname,
+                "pid": pid,
+                "queues": queues,
+                "state": AgentState.RUNNING,
+                "started_at": now,
+                "last_heartbeat_at": now,
+                "stopped_at": None,
+            },
+        )
+        return agent
+
+    @classmethod
+    def beat(cls, running: list[str], stopping: list[str]) -> None:
+        """One heartbeat for every agent of this process, draining ones marked `stopping`."""
+        now = timezone.now()
+        if running:
+            cls.objects.filter(name__in=running).exclude(state=AgentState.STOPPED).update(
+                last_heartbeat_at=now
+            )
+        if stopping:
+            cls.objects.filter(name__in=stopping).exclude(state=AgentState.STOPPED).update(
+                last_heartbeat_at=now, state=AgentState.STOPPING
+            )
+
+    @classmethod
+    def mark_stopped(cls, name: str) -> None:
+        now = timezone.now()
+        cls.objects.filter(name=name).update(
+            state=AgentState.STOPPED, stopped_at=now, last_heartbeat_at=now
+        )

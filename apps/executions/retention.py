@@ -10,7 +10,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.executions.choices import EXECUTION_TERMINAL, INCOMPLETE_OPEN
-from apps.executions.models import Execution
+from apps.executions.models import Agent, Execution
 from apps.workflows.models import Workflow
 
 
@@ -44,3 +44,13 @@ def prune_executions(now: datetime | None = None, dry_run: bool = False) -> dict
                 with transaction.atomic():
                     Execution.objects.filter(pk__in=ids[start : start + 1000]).delete()
     return counts
+
+
+AGENT_HISTORY_DAYS = 7
+
+
+def prune_agents(now: datetime | None = None) -> int:
+    """Forget agents silent for a week: each worker start registers a new one."""
+    cutoff = (now or timezone.now()) - timedelta(days=AGENT_HISTORY_DAYS)
+    deleted, _ = Agent.objects.filter(last_heartbeat_at__lt=cutoff).delete()
+    return deleted

@@ -1,10 +1,10 @@
 """The scheduler process: one leader at a time, a loop of due work read from the database.
 
-Each tick: auto-retries of incomplete executions that are due, runs held by sequential
-processing whose workflow has no incomplete executions left, and dispatched steps whose RQ job
-was lost (a Redis restart, a crash between commit and enqueue). When embedded it also promotes
-due RQ scheduled jobs. It also expires approvals past their timeout and escalates the ones
-nobody answered. Cron triggers hook in here in a later issue.
+Each tick: cron fires, approvals past their timeout (expired) or unanswered (escalated),
+auto-retries of incomplete executions that are due, workflows that may come back or release
+held runs, running steps whose agent died (interrupted, then a new attempt), dispatched steps
+whose RQ job was lost (a Redis restart, a crash between commit and enqueue), and retention once
+a day. When embedded it also promotes due RQ scheduled jobs.
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ class SchedulerLoop:
         from apps.approvals.services import escalate_due_approvals, expire_due_approvals
         from apps.executions.services import (
             reactivate_when_space_is_free,
+            reconcile_lost_agents,
             reconcile_lost_dispatches,
             release_all_held,
             run_due_incomplete_retries,
@@ -77,6 +78,7 @@ class SchedulerLoop:
         run_due_incomplete_retries()
         reactivate_when_space_is_free()
         release_all_held()
+        reconcile_lost_agents()
         reconcile_lost_dispatches()
         self._prune_daily()
 
@@ -84,12 +86,13 @@ class SchedulerLoop:
         """Retention runs once a day, whichever scheduler leads when the day starts."""
         from django.utils import timezone
 
-        from apps.executions.retention import prune_executions
+        from apps.executions.retention import prune_agents, prune_executions
 
         if get_connection().set(
             f"opsflow:prune:{timezone.now():%Y-%m-%d}", self.token, nx=True, ex=2 * 86400
         ):
             counts = prune_executions()
+            prune_agents()
             if counts:
                 logger.info("retention pruned %s execution(s)", sum(counts.values()))
 

@@ -26,6 +26,7 @@ from apps.executions.choices import (
     EXECUTION_TERMINAL,
     INCOMPLETE_RETRYABLE,
     STEP_FAILED,
+    AgentState,
     EventKind,
     ExecutionStatus,
     IncompleteStatus,
@@ -33,6 +34,7 @@ from apps.executions.choices import (
     StepStatus,
     Trigger,
 )
+from apps.executions.models import Agent as AgentRow
 from apps.executions.models import Execution, IncompleteExecution, Step
 from apps.executions.nodes import NodeContext, get_node_type
 from apps.executions.nodes.base import WAIT
@@ -248,8 +250,8 @@ def run_step_chain(step_id: int) -> None:
 def _may_continue_locally(agent: Agent | None, step: Step, ran: int) -> bool:
     """Only while the successor's own timeout, plus half the backstop margin, still fits inside
     this RQ job's timeout: RQ's death penalty covers the whole chain run by one job."""
-    if agent is None or ran >= MAX_LOCAL_STEPS_PER_JOB:
-        return False
+    if agent is None or ran >= MAX_LOCAL_STEPS_PER_JOB or agent.draining.is_set():
+        return False  # a draining agent finishes its step and hands successors to the others
     node = engine.graph_for(step.execution.version).nodes[step.node_id]
     remaining = agent.job_timeout - (time.monotonic() - agent.job_started)
     return engine.node_timeout(node) + engine.JOB_TIMEOUT_MARGIN / 2 < remaining
@@ -812,9 +814,6 @@ def release_all_held() -> int:
     return sum(release_held(w) for w in Workflow.objects.filter(pk__in=workflow_ids))
 
 
-LOST_AFTER = timedelta(seconds=30)
-
-
 def reconcile_lost_dispatches(now=None) -> int:
     """Re-enqueue dispatched steps that are due but have no RQ job (Redis lost it, or a worker
     died between commit and enqueue). A duplicate delivery is harmless: starting is a CAS."""
@@ -823,7 +822,7 @@ def reconcile_lost_dispatches(now=None) -> int:
     from apps.executions.dispatch import get_connection
 
     now = now or timezone.now()
-    cutoff = now - LOST_AFTER
+    cutoff = now - timedelta(seconds=settings.OPSFLOW_LOST_DISPATCH_AFTER)
     candidates = (
         Step.objects.filter(status=StepStatus.DISPATCHED, created_at__lt=cutoff)
         .exclude(next_attempt_at__gt=cutoff)
@@ -843,3 +842,91 @@ def reconcile_lost_dispatches(now=None) -> int:
         )
         count += 1
     return count
+
+
+MAX_INTERRUPTIONS = 3
+
+
+def reconcile_lost_agents(now=None) -> int:
+    """Running steps whose agent died (stopped, or no heartbeat for OPSFLOW_AGENT_TIMEOUT) become
+    `interrupted` and get a new attempt. Steps that wait for a person hold no agent: not checked.
+    Steps whose worker never registered as an agent are not checked either (see README)."""
+    now = now or timezone.now()
+    running = Step.objects.filter(status=StepStatus.RUNNING).exclude(node_type__in=_waiting_types())
+    workers = set(running.values_list("worker", flat=True)[:1000])
+    if not workers:
+        return 0
+    lost = {agent.name: agent for agent in AgentRow.objects.lost(now).filter(name__in=workers)}
+    count = 0
+    for step_id in running.filter(worker__in=list(lost)).values_list("id", flat=True)[:500]:
+        count += interrupt_step(step_id, lost)
+    return count
+
+
+def interrupt_step(step_id: int, lost: dict[str, AgentRow]) -> bool:
+    """One step of a lost agent: interrupted, then a new attempt, or after MAX_INTERRUPTIONS a
+    WorkerLostError failure routed like any other (DESIGN §6). Interruptions use no retries."""
+    execution_id = Step.objects.values_list("execution_id", flat=True).get(pk=step_id)
+    with transaction.atomic():
+        execution = (
+            Execution.objects.select_for_update()
+            .select_related("version", "workflow")
+            .get(pk=execution_id)
+        )
+        step = Step.objects.get(pk=step_id)
+        agent = lost.get(step.worker)
+        if step.status != StepStatus.RUNNING or agent is None:
+            return False  # it finished meanwhile
+        step.execution = execution
+        graph = engine.graph_for(execution.version)
+        why = (
+            f"its agent {agent.name} stopped while running it"
+            if agent.state == AgentState.STOPPED
+            else f"its agent {agent.name} sent no heartbeat since "
+            f"{agent.last_heartbeat_at:%H:%M:%S} UTC"
+        )
+        earlier = execution.steps.filter(
+            node_id=step.node_id, status=StepStatus.INTERRUPTED
+        ).count()
+        with execution.batched_log():
+            execution.log(
+                EventKind.NODE_STARTED,
+                f"{step.node_id} started on {step.worker} (attempt {step.attempt})",
+                node_id=step.node_id,
+                step=step,
+                at=step.started_at,
+            )
+            if earlier + 1 >= MAX_INTERRUPTIONS:
+                message = (
+                    f"Worker lost: {step.node_id} was interrupted {earlier + 1} times because "
+                    f"{why}; it is not run again automatically"
+                )
+                step.finish(StepStatus.FAILED, error_type="WorkerLostError", error_message=message)
+                attempt = Attempt(StepStatus.FAILED, None, None, "WorkerLostError", message)
+                _log_attempt(execution, step, attempt)
+                _route(execution, graph, step, attempt, frozenset())
+                return True
+            step.interrupt(f"Worker lost: {why}")
+            execution.log(
+                EventKind.NODE_INTERRUPTED,
+                f"{step.node_id} interrupted: {why} (interruption {earlier + 1} of "
+                f"{MAX_INTERRUPTIONS - 1} allowed)",
+                node_id=step.node_id,
+                step=step,
+                data={"agent": agent.name, "interruptions": earlier + 1},
+            )
+            if execution.status not in EXECUTION_ADVANCING:
+                return True  # stopped or cancelled: a resume re-runs it, nothing starts now
+            execution.mark_interrupted()
+            again = engine.new_step(
+                execution,
+                graph,
+                step.node_id,
+                attempt=step.attempt + 1,
+                retry_number=step.retry_number,
+                overrides=step.overrides,
+            )
+            engine.dispatch(execution, graph, [again])
+    if getattr(execution, "freed_incomplete_space", False):
+        _after_space_freed(execution.workflow)
+    return True

@@ -1,20 +1,31 @@
-"""The agent: an RQ worker that runs `run_step` jobs.
+"""The agent: an RQ worker that runs `run_step` jobs and keeps a heartbeat in the database.
 
 We use a non-forking worker (SimpleWorker). On these machines a forking worker costs ~10 ms per
 job and grows with the parent's memory; a non-forking one ~3 ms. Step isolation does not depend on
 the fork: the step runner records every outcome in the database, shell commands run in their own
-process group, and the reconciler (not RQ's job heartbeat) detects dead agents.
+process group, and the reconciler detects dead agents from the heartbeat below, not from RQ's
+job heartbeat (which a SimpleWorker does not send during a job; see NOTES.md).
+
+Warm shutdown (one SIGTERM or SIGINT): RQ lets the running job finish; the agent stops running
+successors itself (they go through Redis to other agents) and shows as `stopping` until it exits.
 """
 
 from __future__ import annotations
 
 import contextvars
+import logging
+import os
 import socket
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from django.conf import settings
+from django.db import DatabaseError, close_old_connections, connection
 from rq import SimpleWorker
 from rq.timeouts import TimerDeathPenalty
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -25,6 +36,7 @@ class Agent:
     queues: frozenset[str]
     job_started: float
     job_timeout: float
+    draining: threading.Event = field(default_factory=threading.Event)
 
 
 current_agent: contextvars.ContextVar[Agent | None] = contextvars.ContextVar(
@@ -32,15 +44,101 @@ current_agent: contextvars.ContextVar[Agent | None] = contextvars.ContextVar(
 )
 
 
+class Heartbeat:
+    """One daemon thread per process stamps the heartbeat of every agent the process runs.
+
+    It has its own database connection, so a long step does not delay it; if the process dies,
+    the heartbeat stops with it and the reconciler takes over.
+    """
+
+    def __init__(self) -> None:
+        self._agents: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def add(self, name: str, draining: threading.Event) -> None:
+        with self._lock:
+            self._agents[name] = draining
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="opsflow-heartbeat", daemon=True
+                )
+                self._thread.start()
+
+    def remove(self, name: str) -> None:
+        with self._lock:
+            self._agents.pop(name, None)
+
+    def beat(self) -> None:
+        from apps.executions.models import Agent as AgentRow
+
+        with self._lock:
+            agents = dict(self._agents)
+        if agents:
+            AgentRow.beat(
+                running=[n for n, draining in agents.items() if not draining.is_set()],
+                stopping=[n for n, draining in agents.items() if draining.is_set()],
+            )
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(settings.OPSFLOW_HEARTBEAT_SECONDS)
+            try:
+                self.beat()
+            except Exception:  # the database may be restarting: beat again next time
+                logger.warning("agent heartbeat failed", exc_info=True)
+            finally:
+                close_old_connections()
+            with self._lock:
+                if not self._agents:  # every agent of this process stopped: so does the thread
+                    connection.close()
+                    self._thread = None
+                    return
+
+
+HEARTBEAT = Heartbeat()
+
+
 class AgentWorker(SimpleWorker):
-    """Non-forking RQ worker that tells the step runner which queues it serves."""
+    """Non-forking RQ worker that registers as an agent and tells the step runner who it is."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.draining = threading.Event()
+
+    @property
+    def agent_name(self) -> str:
+        return f"{socket.gethostname()}/{self.name}"
+
+    def work(self, burst: bool = False, *args, **kwargs) -> bool:
+        """A long-running worker is an agent with a heartbeat; a burst (tests, benchmarks) is not."""
+        if burst:
+            return super().work(True, *args, **kwargs)
+        from apps.executions.models import Agent as AgentRow
+
+        name = self.agent_name
+        AgentRow.register(name, self.queue_names(), socket.gethostname(), os.getpid())
+        HEARTBEAT.add(name, self.draining)
+        try:
+            return super().work(False, *args, **kwargs)
+        finally:
+            HEARTBEAT.remove(name)
+            try:
+                AgentRow.mark_stopped(name)  # a step left running now is interrupted at once
+            except DatabaseError:
+                logger.warning("could not record that agent %s stopped", name, exc_info=True)
+
+    def handle_warm_shutdown_request(self):
+        super().handle_warm_shutdown_request()
+        self.draining.set()  # read by the step runner and the heartbeat thread; no I/O here
 
     def execute_job(self, job, queue):
         agent = Agent(
-            name=f"{socket.gethostname()}/{self.name}",
+            name=self.agent_name,
             queues=frozenset(self.queue_names()),
             job_started=time.monotonic(),
             job_timeout=float(job.timeout or 180),
+            draining=self.draining,
         )
         token = current_agent.set(agent)
         try:

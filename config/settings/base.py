@@ -121,7 +121,8 @@ RQ_QUEUES = {
     name: ({"URL": REDIS_URL} if REDIS_URL else {"HOST": "localhost", "PORT": 6379, "DB": 0})
     for name in OPSFLOW_QUEUES
 }
-RQ = {"COMMIT_MODE": "on_db_commit"}
+# A plain `rqworker` (DESIGN §1's command) runs as an Opsflow agent: non-forking, with a heartbeat.
+RQ = {"COMMIT_MODE": "on_db_commit", "WORKER_CLASS": "apps.executions.worker.AgentWorker"}
 
 # --- Engine knobs ---
 OPSFLOW_OUTPUT_CAP_BYTES = env_int("OPSFLOW_OUTPUT_CAP_BYTES", 1024 * 1024, minimum=1024)
@@ -138,6 +139,16 @@ OPSFLOW_APPROVAL_LINK_MAX_AGE = env_int("OPSFLOW_APPROVAL_LINK_MAX_AGE", 7 * 24 
 OPSFLOW_RETENTION_DAYS = env_int("OPSFLOW_RETENTION_DAYS", 30, minimum=0)
 OPSFLOW_OVERDUE_GRACE = env_int("OPSFLOW_OVERDUE_GRACE", 60, minimum=0)
 OPSFLOW_WORKER_THREADS = env_int("OPSFLOW_WORKER_THREADS", 2, minimum=1)
+# Agents stamp a heartbeat in the database; the reconciler calls one dead after OPSFLOW_AGENT_TIMEOUT.
+OPSFLOW_HEARTBEAT_SECONDS = env_int("OPSFLOW_HEARTBEAT_SECONDS", 5, minimum=1)
+OPSFLOW_AGENT_TIMEOUT = env_int("OPSFLOW_AGENT_TIMEOUT", 30, minimum=2)
+if OPSFLOW_AGENT_TIMEOUT < 2 * OPSFLOW_HEARTBEAT_SECONDS:
+    raise ImproperlyConfigured(
+        f"OPSFLOW_AGENT_TIMEOUT ({OPSFLOW_AGENT_TIMEOUT}) must be at least twice "
+        f"OPSFLOW_HEARTBEAT_SECONDS ({OPSFLOW_HEARTBEAT_SECONDS})"
+    )
+# A dispatched step with no RQ job for this long is re-enqueued (Redis lost it).
+OPSFLOW_LOST_DISPATCH_AFTER = env_int("OPSFLOW_LOST_DISPATCH_AFTER", 30, minimum=1)
 OPSFLOW_BASE_URL = env_str("OPSFLOW_BASE_URL", "http://127.0.0.1:8000")
 
 AUTH_PASSWORD_VALIDATORS = [
