@@ -21,7 +21,6 @@ from apps.executions.dispatch import get_connection
 logger = logging.getLogger(__name__)
 
 LEADER_KEY = "opsflow:scheduler:leader"
-LEADER_TTL = 15  # seconds; the leader renews every tick, a standby takes over after this
 TICK_SECONDS = 1.0
 
 _RENEW = """
@@ -44,9 +43,17 @@ class SchedulerLoop:
     def acquire_or_renew(self) -> bool:
         connection = get_connection()
         if self.is_leader:
-            self.is_leader = bool(connection.eval(_RENEW, 1, LEADER_KEY, self.token, LEADER_TTL))
+            self.is_leader = bool(
+                connection.eval(
+                    _RENEW, 1, LEADER_KEY, self.token, settings.OPSFLOW_SCHEDULER_LEADER_TTL
+                )
+            )
         if not self.is_leader:
-            self.is_leader = bool(connection.set(LEADER_KEY, self.token, nx=True, ex=LEADER_TTL))
+            self.is_leader = bool(
+                connection.set(
+                    LEADER_KEY, self.token, nx=True, ex=settings.OPSFLOW_SCHEDULER_LEADER_TTL
+                )
+            )
             if self.is_leader:
                 logger.info("scheduler %s is now the leader", self.token[:8])
         return self.is_leader

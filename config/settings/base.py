@@ -147,6 +147,8 @@ if OPSFLOW_AGENT_TIMEOUT < 2 * OPSFLOW_HEARTBEAT_SECONDS:
         f"OPSFLOW_AGENT_TIMEOUT ({OPSFLOW_AGENT_TIMEOUT}) must be at least twice "
         f"OPSFLOW_HEARTBEAT_SECONDS ({OPSFLOW_HEARTBEAT_SECONDS})"
     )
+# The scheduler leader renews its lock every second; a standby takes over this long after it dies.
+OPSFLOW_SCHEDULER_LEADER_TTL = env_int("OPSFLOW_SCHEDULER_LEADER_TTL", 15, minimum=2)
 # A dispatched step with no RQ job for this long is re-enqueued (Redis lost it).
 OPSFLOW_LOST_DISPATCH_AFTER = env_int("OPSFLOW_LOST_DISPATCH_AFTER", 30, minimum=1)
 OPSFLOW_BASE_URL = env_str("OPSFLOW_BASE_URL", "http://127.0.0.1:8000")

@@ -1,0 +1,326 @@
+"""Agents and the heartbeat reconciler (DESIGN §6 Durability, issue 5).
+
+A step "running on a dead agent" is made the way a crash leaves it: the step row was started by
+an agent (`Step.start`) whose heartbeat then stopped. The reconciler is driven through its `now`
+argument, never by sleeping; the real-process version (kill -9) is in tests/e2e/test_chaos.py.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from apps.executions import services
+from apps.executions.choices import (
+    AgentState,
+    EventKind,
+    ExecutionStatus,
+    IncompleteStatus,
+    StepStatus,
+)
+from apps.executions.models import Agent, Execution, Step
+from apps.executions.services import reconcile_lost_agents, trigger_workflow
+from apps.executions.worker import HEARTBEAT, ThreadAgentWorker
+from apps.executions.worker import Agent as AgentContext
+from tests.factories import chain_definition, make_workflow
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+TIMEOUT = 30  # OPSFLOW_AGENT_TIMEOUT's default, which the tests run with
+
+
+def agent(name: str, *, silent_for: float = 0, state: str = AgentState.RUNNING) -> Agent:
+    row = Agent.register(name, ["default"], "host", 4242)
+    Agent.objects.filter(pk=row.pk).update(
+        last_heartbeat_at=timezone.now() - timedelta(seconds=silent_for), state=state
+    )
+    row.refresh_from_db()
+    return row
+
+
+def started_by(execution: Execution, node_id: str, agent_name: str) -> Step:
+    """The agent picked the step up (and then, in these tests, died)."""
+    step = execution.steps.get(node_id=node_id, status=StepStatus.DISPATCHED)
+    assert step.start(agent_name)
+    return step
+
+
+def run_first_node(workers, settings) -> None:
+    """One RQ job, without local continuation: the entry node runs, its successor is dispatched."""
+    settings.OPSFLOW_LOCAL_CONTINUATION = False
+    assert workers.worker().work(burst=True, max_jobs=1)
+
+
+def attempts(execution: Execution, node_id: str) -> list[tuple[int, str, int]]:
+    return list(
+        execution.steps.filter(node_id=node_id)
+        .order_by("attempt")
+        .values_list("attempt", "status", "retry_number")
+    )
+
+
+def test_a_running_step_of_a_silent_agent_is_interrupted_and_a_new_attempt_completes_the_run(
+    org, workers
+):
+    workflow = make_workflow(org, chain_definition("lost-agent", 3))
+    execution = trigger_workflow(workflow)
+    dead = agent("host/dead", silent_for=TIMEOUT + 1)
+    started_by(execution, "n0", dead.name)
+
+    assert reconcile_lost_agents() == 1
+
+    execution.refresh_from_db()
+    assert execution.status == ExecutionStatus.INTERRUPTED
+    first = execution.steps.get(node_id="n0", attempt=1)
+    assert first.status == StepStatus.INTERRUPTED
+    assert first.error_type == "WorkerLostError"
+    assert "host/dead" in first.error_message and "no heartbeat" in first.error_message
+    assert attempts(execution, "n0") == [
+        (1, StepStatus.INTERRUPTED, 0),
+        (2, StepStatus.DISPATCHED, 0),
+    ]
+
+    workers.run_to_end(execution)
+    assert execution.status == ExecutionStatus.COMPLETED
+    assert attempts(execution, "n0") == [
+        (1, StepStatus.INTERRUPTED, 0),
+        (2, StepStatus.COMPLETED, 0),
+    ]
+    second = execution.steps.get(node_id="n0", attempt=2)
+    assert second.worker and second.worker != "host/dead"
+    log = list(execution.events.filter(node_id="n0").values_list("kind", "message"))
+    kinds = [kind for kind, _ in log]
+    assert kinds.index(EventKind.NODE_INTERRUPTED) < kinds.index(EventKind.NODE_COMPLETED)
+    assert any(kind == EventKind.NODE_STARTED and "host/dead" in msg for kind, msg in log)
+    assert any(
+        kind == EventKind.NODE_STARTED and second.worker in msg and "attempt 2" in msg
+        for kind, msg in log
+    )
+    assert reconcile_lost_agents() == 0  # nothing left to do: it acts once
+
+
+def test_an_agent_that_still_beats_keeps_its_step(org):
+    execution = trigger_workflow(make_workflow(org, chain_definition("alive", 2)))
+    alive = agent("host/alive", silent_for=TIMEOUT - 5)
+    step = started_by(execution, "n0", alive.name)
+
+    assert reconcile_lost_agents() == 0
+    step.refresh_from_db()
+    assert step.status == StepStatus.RUNNING
+    # ...until its heartbeat is older than the timeout.
+    assert reconcile_lost_agents(now=timezone.now() + timedelta(seconds=6)) == 1
+    step.refresh_from_db()
+    assert step.status == StepStatus.INTERRUPTED
+
+
+def test_a_stopped_agent_s_running_step_is_interrupted_without_waiting_for_the_timeout(org):
+    execution = trigger_workflow(make_workflow(org, chain_definition("stopped", 2)))
+    gone = agent("host/gone", state=AgentState.STOPPED)
+    started_by(execution, "n0", gone.name)
+
+    assert reconcile_lost_agents() == 1
+    step = execution.steps.get(node_id="n0", attempt=1)
+    assert step.status == StepStatus.INTERRUPTED
+    assert "stopped while running it" in step.error_message
+
+
+def test_interruptions_do_not_use_up_retries(org, workers, settings):
+    definition = chain_definition("retried", 2)
+    definition["nodes"][1]["retry"] = {"max_retries": 1, "delay": 0}
+    execution = trigger_workflow(make_workflow(org, definition))
+    run_first_node(workers, settings)
+    dead = agent("host/dead", silent_for=TIMEOUT + 1)
+    started_by(execution, "n1", dead.name)
+
+    reconcile_lost_agents()
+    started_by(execution, "n1", dead.name)
+    reconcile_lost_agents()
+
+    assert attempts(execution, "n1") == [
+        (1, StepStatus.INTERRUPTED, 0),
+        (2, StepStatus.INTERRUPTED, 0),
+        (3, StepStatus.DISPATCHED, 0),  # still the first try as far as max_retries goes
+    ]
+    workers.run_to_end(execution)
+    assert execution.status == ExecutionStatus.COMPLETED
+
+
+def test_the_third_interruption_fails_the_step_with_a_worker_lost_error(org, workers, settings):
+    execution = trigger_workflow(make_workflow(org, chain_definition("doomed", 3)))
+    run_first_node(workers, settings)
+    dead = agent("host/oom", silent_for=TIMEOUT + 1)
+    for _ in range(3):
+        started_by(execution, "n1", dead.name)
+        assert reconcile_lost_agents() == 1
+
+    assert attempts(execution, "n1") == [
+        (1, StepStatus.INTERRUPTED, 0),
+        (2, StepStatus.INTERRUPTED, 0),
+        (3, StepStatus.FAILED, 0),
+    ]
+    failed = execution.steps.get(node_id="n1", attempt=3)
+    assert failed.error_type == "WorkerLostError"
+    assert failed.error_message.startswith("Worker lost: n1 was interrupted 3 times")
+    execution.refresh_from_db()
+    assert execution.status == ExecutionStatus.FAILED
+    assert "n1 failed with WorkerLostError: Worker lost" in execution.error_message
+    assert not execution.steps.filter(node_id="n2").exists()
+
+
+def test_a_worker_lost_failure_is_stored_as_incomplete_without_auto_retry(org, workers, settings):
+    definition = chain_definition("doomed-store", 3)
+    definition["settings"] = {"store_incomplete_executions": True}
+    execution = trigger_workflow(make_workflow(org, definition))
+    run_first_node(workers, settings)
+    dead = agent("host/oom", silent_for=TIMEOUT + 1)
+    for _ in range(3):
+        started_by(execution, "n1", dead.name)
+        reconcile_lost_agents()
+
+    execution.refresh_from_db()
+    assert execution.status == ExecutionStatus.INCOMPLETE
+    record = execution.incomplete_records.get()
+    assert (record.error_type, record.auto_retry, record.status) == (
+        "WorkerLostError",
+        False,
+        IncompleteStatus.UNRESOLVED,
+    )
+    services.retry_incomplete(record)
+    workers.run_to_end(execution)
+    assert execution.status == ExecutionStatus.COMPLETED
+    assert attempts(execution, "n1")[-1] == (4, StepStatus.COMPLETED, 0)
+
+
+def test_a_waiting_approval_step_is_not_interrupted_when_its_agent_is_gone(org, workers):
+    definition = {
+        "slug": "gated",
+        "name": "Gated",
+        "nodes": [
+            {"id": "gate", "type": "approval", "config": {"message": "Go?"}},
+            {"id": "after", "type": "noop"},
+        ],
+        "edges": [{"from": "gate", "to": "after", "on": "approved"}],
+    }
+    execution = trigger_workflow(make_workflow(org, definition))
+    workers.drain(until=lambda: execution.steps.filter(status=StepStatus.RUNNING).exists())
+    gate = execution.steps.get(node_id="gate")
+    Agent.register(gate.worker, ["default"], "host", 1)
+    Agent.mark_stopped(gate.worker)
+
+    assert reconcile_lost_agents(now=timezone.now() + timedelta(days=1)) == 0
+    gate.refresh_from_db()
+    assert gate.status == StepStatus.RUNNING
+    execution.refresh_from_db()
+    assert execution.status == ExecutionStatus.PAUSED
+
+
+def test_a_step_whose_worker_never_registered_is_left_alone(org):
+    execution = trigger_workflow(make_workflow(org, chain_definition("unknown", 2)))
+    step = started_by(execution, "n0", "elsewhere/pid-1")
+    assert reconcile_lost_agents(now=timezone.now() + timedelta(days=1)) == 0
+    step.refresh_from_db()
+    assert step.status == StepStatus.RUNNING
+
+
+def test_a_cancelled_run_s_lost_step_is_interrupted_and_nothing_starts_again(org):
+    execution = trigger_workflow(make_workflow(org, chain_definition("cancelled", 2)))
+    dead = agent("host/dead", silent_for=TIMEOUT + 1)
+    started_by(execution, "n0", dead.name)
+    services.cancel_execution(execution)
+
+    assert reconcile_lost_agents() == 1
+    assert attempts(execution, "n0") == [(1, StepStatus.INTERRUPTED, 0)]
+    execution.refresh_from_db()
+    assert execution.status == ExecutionStatus.CANCELLED
+
+
+def test_a_resumed_incomplete_execution_re_runs_a_branch_interrupted_while_it_was_stopped(
+    org, workers, tmp_path, settings
+):
+    flag = tmp_path / "flag"
+    definition = {
+        "slug": "branches",
+        "name": "Branches",
+        "settings": {"store_incomplete_executions": True},
+        "nodes": [
+            {"id": "start", "type": "noop"},
+            {
+                "id": "a",
+                "type": "shell.command",
+                "config": {"command": ["test", "-f", str(flag)]},
+                "on_error": "break",
+            },
+            {"id": "b", "type": "noop", "config": {"output": {"b": 1}}},
+            {"id": "join", "type": "noop"},
+        ],
+        "edges": [
+            {"from": "start", "to": "a"},
+            {"from": "start", "to": "b"},
+            {"from": "a", "to": "join"},
+            {"from": "b", "to": "join"},
+        ],
+    }
+    execution = trigger_workflow(make_workflow(org, definition))
+    run_first_node(workers, settings)
+    dead = agent("host/dead", silent_for=TIMEOUT + 1)
+    started_by(execution, "b", dead.name)
+    workers.drain(until=lambda: Execution.objects.get(pk=execution.pk).status == "incomplete")
+
+    assert reconcile_lost_agents() == 1
+    assert attempts(execution, "b") == [(1, StepStatus.INTERRUPTED, 0)]  # stopped: not re-run yet
+
+    flag.touch()
+    services.retry_incomplete(execution.incomplete_records.get())
+    workers.run_to_end(execution)
+    assert execution.status == ExecutionStatus.COMPLETED
+    assert attempts(execution, "b") == [
+        (1, StepStatus.INTERRUPTED, 0),
+        (2, StepStatus.COMPLETED, 0),
+    ]
+    assert execution.steps.get(node_id="join").status == StepStatus.COMPLETED
+
+
+def test_a_draining_agent_does_not_continue_locally(org):
+    execution = trigger_workflow(make_workflow(org, chain_definition("drain", 2)))
+    step = execution.steps.get()
+    context = AgentContext("host/w", frozenset({"default"}), time.monotonic(), 180.0)
+    assert services._may_continue_locally(context, step, 1)
+    context.draining.set()
+    assert not services._may_continue_locally(context, step, 1)
+
+
+def test_a_long_running_worker_registers_beats_and_stops(org, redis_conn, settings):
+    settings.OPSFLOW_HEARTBEAT_SECONDS = 1
+    worker = ThreadAgentWorker(["default"], connection=redis_conn, name="beating")
+    thread = threading.Thread(target=worker.work, kwargs={"max_idle_time": 3}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not Agent.objects.filter(name=worker.agent_name).exists():
+        assert time.monotonic() < deadline, "the worker never registered"
+        time.sleep(0.05)
+    row = Agent.objects.get(name=worker.agent_name)
+    assert (row.state, row.queues) == (AgentState.RUNNING, ["default"])
+    first_beat = row.last_heartbeat_at
+    while Agent.objects.get(pk=row.pk).last_heartbeat_at == first_beat:
+        assert time.monotonic() < deadline, "no heartbeat within the interval"
+        time.sleep(0.05)
+
+    thread.join(timeout=10)  # idle for 3 s: it quits
+    assert not thread.is_alive()
+    row.refresh_from_db()
+    assert row.state == AgentState.STOPPED and row.stopped_at is not None
+    assert row.display_state() == AgentState.STOPPED
+    deadline = time.monotonic() + 5
+    while HEARTBEAT._thread is not None:  # no agent left in this process: the thread ends
+        assert time.monotonic() < deadline, "the heartbeat thread kept running"
+        time.sleep(0.05)
+
+
+def test_an_agent_silent_past_the_timeout_displays_as_lost():
+    row = agent("host/quiet", silent_for=TIMEOUT + 1)
+    assert row.display_state() == AgentState.LOST
+    assert agent("host/loud").display_state() == AgentState.RUNNING
