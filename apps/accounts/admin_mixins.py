@@ -43,3 +43,16 @@ class OrganizationScopedAdmin:
 
     def has_delete_permission(self, request, obj=None):
         return self.has_change_permission(request, obj)
+
+
+class ReadOnlyAdmin:
+    """Rows that change only through services (transitions), never through an admin form."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

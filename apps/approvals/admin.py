@@ -8,7 +8,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.http import url_has_allowed_host_and_scheme
 
-from apps.accounts.admin_mixins import OrganizationScopedAdmin
+from apps.accounts.admin_mixins import OrganizationScopedAdmin, ReadOnlyAdmin
 from apps.approvals import services
 from apps.approvals.choices import APPROVAL_COLOURS, Decision, Via
 from apps.approvals.models import Approval
@@ -20,7 +20,7 @@ def approval_badge(status: str):
 
 
 @admin.register(Approval)
-class ApprovalAdmin(OrganizationScopedAdmin, admin.ModelAdmin):
+class ApprovalAdmin(ReadOnlyAdmin, OrganizationScopedAdmin, admin.ModelAdmin):
     """Every approval gate of your organizations; the inbox lists what waits on you."""
 
     organization_field = "execution__workflow__organization"
@@ -39,15 +39,6 @@ class ApprovalAdmin(OrganizationScopedAdmin, admin.ModelAdmin):
     search_fields = ["node_id", "message"]
     list_select_related = ["execution__workflow"]
     change_list_template = "admin/approvals/approval/change_list.html"
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     @admin.display(description="Workflow")
     def workflow(self, obj):

@@ -7,12 +7,12 @@ from django.core.exceptions import PermissionDenied
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django_htmx.http import HttpResponseStopPolling
 
-from apps.accounts.admin_mixins import OrganizationScopedAdmin
-from apps.accounts.choices import CAN_EXECUTE
-from apps.accounts.permissions import has_role
+from apps.accounts.admin_mixins import OrganizationScopedAdmin, ReadOnlyAdmin
+from apps.accounts.choices import CAN_EXECUTE, CAN_READ
+from apps.accounts.permissions import has_role, organizations_for, scope_to_user
 from apps.executions import services
 from apps.executions.choices import (
     EXECUTION_TERMINAL,
@@ -21,7 +21,7 @@ from apps.executions.choices import (
     STEP_FAILED,
     ExecutionStatus,
 )
-from apps.executions.models import Execution, IncompleteExecution
+from apps.executions.models import Agent, Execution, IncompleteExecution
 from apps.workflows.definition import DefinitionError
 
 
@@ -59,7 +59,7 @@ class OverdueFilter(admin.SimpleListFilter):
 
 
 @admin.register(Execution)
-class ExecutionAdmin(OrganizationScopedAdmin, admin.ModelAdmin):
+class ExecutionAdmin(ReadOnlyAdmin, OrganizationScopedAdmin, admin.ModelAdmin):
     organization_field = "workflow__organization"
     list_display = [
         "id_link",
@@ -85,15 +85,6 @@ class ExecutionAdmin(OrganizationScopedAdmin, admin.ModelAdmin):
 
     def get_queryset(self, request):
         return super().get_queryset(request).with_counts()
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     @admin.display(description="Execution", ordering="id")
     def id_link(self, obj):
@@ -427,3 +418,46 @@ def _retry_edits(record: IncompleteExecution, bundles_text: str, input_text: str
     if new_input is not None and new_input != record.bundles.get("input"):
         edits["input"] = new_input
     return edits
+
+
+@admin.register(Agent)
+class AgentAdmin(ReadOnlyAdmin, admin.ModelAdmin):
+    """The agents (RQ workers): state from the heartbeat, and the steps each runs now."""
+
+    list_display = ["name", "state_badge", "queue_list", "pid", "last_heartbeat_at"]
+    list_display_links = None
+    search_fields = ["name", "hostname"]
+    list_per_page = 50
+
+    def has_module_permission(self, request):
+        return organizations_for(request.user, CAN_READ).exists()
+
+    def has_view_permission(self, request, obj=None):
+        return self.has_module_permission(request)
+
+    @admin.display(description="State")
+    def state_badge(self, obj):
+        return status_badge(obj.display_state())
+
+    @admin.display(description="Queues")
+    def queue_list(self, obj):
+        return ", ".join(obj.queues)
+
+    def get_list_display(self, request):
+        @admin.display(description="Working on")
+        def working_on(obj):  # a closure over the request: the admin instance is shared
+            steps = scope_to_user(
+                obj.running_steps().select_related("execution"),
+                request.user,
+                field="execution__workflow__organization",
+            )
+            return (
+                format_html_join(
+                    ", ",
+                    '<a href="{}">#{} {}</a>',
+                    ((s.execution.get_absolute_url(), s.execution_id, s.node_id) for s in steps),
+                )
+                or "—"
+            )
+
+        return [*self.list_display, working_on]

@@ -1,7 +1,7 @@
 import django_filters
 
-from apps.executions.choices import ExecutionStatus, IncompleteStatus, Trigger
-from apps.executions.models import Execution, IncompleteExecution
+from apps.executions.choices import AgentState, ExecutionStatus, IncompleteStatus, Trigger
+from apps.executions.models import Agent, Execution, IncompleteExecution
 
 
 class ExecutionFilterSet(django_filters.FilterSet):
@@ -38,3 +38,22 @@ class IncompleteExecutionFilterSet(django_filters.FilterSet):
     class Meta:
         model = IncompleteExecution
         fields = ["workflow", "status", "error_type", "node_id"]
+
+
+class AgentFilterSet(django_filters.FilterSet):
+    state = django_filters.ChoiceFilter(
+        choices=AgentState.choices, method="filter_state", label="running, stopping, stopped, lost"
+    )
+    queue = django_filters.CharFilter(method="filter_queue", label="Serves this queue")
+
+    def filter_state(self, queryset, name, value):
+        return queryset.in_state(value)
+
+    def filter_queue(self, queryset, name, value):
+        # JSON containment is not portable to SQLite; agents are few, so filter the names here.
+        names = [a.name for a in queryset.only("name", "queues") if value in a.queues]
+        return queryset.filter(name__in=names)
+
+    class Meta:
+        model = Agent
+        fields = ["state", "queue"]

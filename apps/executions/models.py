@@ -563,13 +563,22 @@ class IncompleteExecution(models.Model):
         return bool(changed)
 
 
+def _silent(now: datetime | None) -> models.Q:
+    """No heartbeat for OPSFLOW_AGENT_TIMEOUT while not stopped: the agent is lost."""
+    cutoff = (now or timezone.now()) - timedelta(seconds=settings.OPSFLOW_AGENT_TIMEOUT)
+    return models.Q(last_heartbeat_at__lt=cutoff) & ~models.Q(state=AgentState.STOPPED)
+
+
 class AgentQuerySet(models.QuerySet):
-    def lost(self, now: datetime | None = None) -> AgentQuerySet:
-        """Agents that will not finish what they started: stopped, or silent past the timeout."""
-        cutoff = (now or timezone.now()) - timedelta(seconds=settings.OPSFLOW_AGENT_TIMEOUT)
-        return self.filter(
-            models.Q(state=AgentState.STOPPED) | models.Q(last_heartbeat_at__lt=cutoff)
-        )
+    def gone(self, now: datetime | None = None) -> AgentQuerySet:
+        """Agents that will not finish what they started: stopped, or lost."""
+        return self.filter(models.Q(state=AgentState.STOPPED) | _silent(now))
+
+    def in_state(self, state: str, now: datetime | None = None) -> AgentQuerySet:
+        """By displayed state: `lost` is derived from the heartbeat, the others are stored."""
+        if state == AgentState.LOST:
+            return self.filter(_silent(now))
+        return self.filter(state=state).exclude(_silent(now))
 
 
 class Agent(models.Model):
@@ -588,6 +597,9 @@ class Agent(models.Model):
     )
     started_at = models.DateTimeField(default=timezone.now)
     last_heartbeat_at = models.DateTimeField(default=timezone.now, db_index=True)
+    running_step_ids = models.JSONField(
+        default=list, blank=True, help_text="Steps it was running at its last heartbeat."
+    )
     stopped_at = models.DateTimeField(null=True, blank=True)
 
     objects = AgentQuerySet.as_manager()
@@ -605,6 +617,14 @@ class Agent(models.Model):
             return AgentState.LOST
         return self.state
 
+    def running_steps(self) -> models.QuerySet[Step]:
+        """What it works on now (a step waiting for a person holds no agent)."""
+        from apps.executions.nodes.base import waiting_types
+
+        return Step.objects.filter(worker=self.name, status=StepStatus.RUNNING).exclude(
+            node_type__in=waiting_types()
+        )
+
     @classmethod
     def register(cls, name: str, queues: list[str], hostname: str, pid: int) -> Agent:
         now = timezone.now()
@@ -617,27 +637,23 @@ class Agent(models.Model):
                 "state": AgentState.RUNNING,
                 "started_at": now,
                 "last_heartbeat_at": now,
+                "running_step_ids": [],
                 "stopped_at": None,
             },
         )
         return agent
 
     @classmethod
-    def beat(cls, running: list[str], stopping: list[str]) -> None:
-        """One heartbeat for every agent of this process, draining ones marked `stopping`."""
-        now = timezone.now()
-        if running:
-            cls.objects.filter(name__in=running).exclude(state=AgentState.STOPPED).update(
-                last_heartbeat_at=now
-            )
-        if stopping:
-            cls.objects.filter(name__in=stopping).exclude(state=AgentState.STOPPED).update(
-                last_heartbeat_at=now, state=AgentState.STOPPING
-            )
+    def beat(cls, name: str, at: datetime, running: list[int], draining: bool) -> None:
+        """One heartbeat: the time, the steps it runs, `stopping` once it drains."""
+        fields: dict[str, Any] = {"last_heartbeat_at": at, "running_step_ids": running}
+        if draining:
+            fields["state"] = AgentState.STOPPING
+        cls.objects.filter(name=name).exclude(state=AgentState.STOPPED).update(**fields)
 
     @classmethod
     def mark_stopped(cls, name: str) -> None:
         now = timezone.now()
         cls.objects.filter(name=name).update(
-            state=AgentState.STOPPED, stopped_at=now, last_heartbeat_at=now
+            state=AgentState.STOPPED, stopped_at=now, last_heartbeat_at=now, running_step_ids=[]
         )

@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, close_old_connections, transaction
 from django.utils import timezone
 
 from apps.executions import engine, errors
@@ -37,7 +37,7 @@ from apps.executions.choices import (
 from apps.executions.models import Agent as AgentRow
 from apps.executions.models import Execution, IncompleteExecution, Step
 from apps.executions.nodes import NodeContext, get_node_type
-from apps.executions.nodes.base import WAIT
+from apps.executions.nodes.base import WAIT, waiting_types
 from apps.executions.templating import build_context, render_value
 from apps.executions.worker import Agent, current_agent
 from apps.workflows.definition import resolve_variables
@@ -277,14 +277,42 @@ def run_step_once(step_or_id: Step | int, agent: Agent | None) -> Step | None:
         return None
     if execution.status not in EXECUTION_ADVANCING:
         return None
-    if not step.start(_agent_name(agent)):
-        return None  # someone else started it (duplicate delivery) or it was cancelled
-    if execution.status != ExecutionStatus.RUNNING:
-        execution.mark_running()  # pending, or back from retrying
+    running = agent.running if agent else set()
+    running.add(step.pk)  # before the start: the heartbeat reports it from then on
+    try:
+        if not step.start(_agent_name(agent)):
+            return None  # someone else started it (duplicate delivery) or it was cancelled
+        if execution.status != ExecutionStatus.RUNNING:
+            execution.mark_running()  # pending, or back from retrying
 
-    graph = engine.graph_for(execution.version)
-    node = graph.nodes[step.node_id]
-    attempt = _run_node(execution, step, node, graph)
+        graph = engine.graph_for(execution.version)
+        node = graph.nodes[step.node_id]
+        attempt = _run_node(execution, step, node, graph)
+        return _record_when_the_database_answers(step, attempt, agent)
+    finally:
+        running.discard(step.pk)
+
+
+RECORD_RETRY_DELAYS = (0.5, 1, 2, 4, 8, 15)  # about half a minute: a database restart
+
+
+def _record_when_the_database_answers(step: Step, attempt: Attempt, agent: Agent | None):
+    """The node ran; its outcome must not be lost to a database restart. If the result cannot
+    be recorded even then, the step is left running and the reconciler's orphan check (the
+    agent's heartbeat no longer lists it) interrupts it and runs it again."""
+    for delay in RECORD_RETRY_DELAYS:
+        try:
+            return record_attempt(step, attempt, agent)
+        except (OperationalError, InterfaceError):
+            logger.warning("recording step %s failed; retrying in %ss", step.pk, delay)
+            close_old_connections()
+            time.sleep(delay)
+            try:
+                step.refresh_from_db()
+            except (OperationalError, InterfaceError):
+                continue
+            if step.status != StepStatus.RUNNING:
+                return None  # the commit went through before the connection broke
     return record_attempt(step, attempt, agent)
 
 
@@ -539,9 +567,7 @@ def _handled(execution: Execution, step: Step, handling: str, why: str) -> bool:
 
 def _cancel_waiting(execution: Execution) -> None:
     """Steps that wait for a human (approval gates) end with the run."""
-    for waiting in execution.steps.filter(
-        status=StepStatus.RUNNING, node_type__in=_waiting_types()
-    ):
+    for waiting in execution.steps.filter(status=StepStatus.RUNNING, node_type__in=waiting_types()):
         waiting.execution = execution
         get_node_type(waiting.node_type).cancel_wait(execution, waiting)
 
@@ -759,15 +785,6 @@ def cancel_execution(execution: Execution, user=None) -> Execution:
     return locked
 
 
-def _waiting_types() -> list[str]:
-    """Node types that wait for something outside the engine (they override `begin_wait`)."""
-    from apps.executions.nodes.base import REGISTRY, NodeType
-
-    return [
-        name for name, kind in REGISTRY.items() if type(kind).begin_wait is not NodeType.begin_wait
-    ]
-
-
 def retrigger_execution(execution: Execution, user=None) -> Execution:
     """A new execution from the start, with the same variables, linked to the old one."""
     new = trigger_workflow(
@@ -814,11 +831,31 @@ def release_all_held() -> int:
     return sum(release_held(w) for w in Workflow.objects.filter(pk__in=workflow_ids))
 
 
-def reconcile_lost_dispatches(now=None) -> int:
-    """Re-enqueue dispatched steps that are due but have no RQ job (Redis lost it, or a worker
-    died between commit and enqueue). A duplicate delivery is harmless: starting is a CAS."""
-    from rq.job import Job
+def _job_will_run(job_id: str, connection) -> bool:
+    """The RQ job exists and has not ended. A job that failed without running the step (the
+    database was down when it loaded the step) is deleted, so the step is enqueued afresh."""
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job, JobStatus
 
+    try:
+        job = Job.fetch(job_id, connection=connection)
+    except NoSuchJobError:
+        return False
+    if job.get_status(refresh=False) in (
+        JobStatus.FAILED,
+        JobStatus.STOPPED,
+        JobStatus.CANCELED,
+        JobStatus.FINISHED,
+    ):
+        job.delete()
+        return False
+    return True
+
+
+def reconcile_lost_dispatches(now=None) -> int:
+    """Re-enqueue dispatched steps that are due but have no RQ job that will run them (Redis lost
+    it, a worker died between commit and enqueue, the job failed before it could load the step).
+    A duplicate delivery is harmless: starting is a compare-and-swap."""
     from apps.executions.dispatch import get_connection
 
     now = now or timezone.now()
@@ -831,12 +868,12 @@ def reconcile_lost_dispatches(now=None) -> int:
     connection = get_connection()
     count = 0
     for step in candidates:
-        if step.rq_job_id and Job.exists(step.rq_job_id, connection=connection):
+        if step.rq_job_id and _job_will_run(step.rq_job_id, connection):
             continue
         engine.enqueue(step, engine.graph_for(step.execution.version))
         step.execution.log(
             EventKind.NODE_DISPATCHED,
-            f"{step.node_id} re-enqueued: its RQ job was lost",
+            f"{step.node_id} re-enqueued: its RQ job was lost or ended without running it",
             node_id=step.node_id,
             step=step,
         )
@@ -852,18 +889,32 @@ def reconcile_lost_agents(now=None) -> int:
     `interrupted` and get a new attempt. Steps that wait for a person hold no agent: not checked.
     Steps whose worker never registered as an agent are not checked either (see README)."""
     now = now or timezone.now()
-    running = Step.objects.filter(status=StepStatus.RUNNING).exclude(node_type__in=_waiting_types())
-    workers = set(running.values_list("worker", flat=True)[:1000])
-    if not workers:
+    running = Step.objects.filter(status=StepStatus.RUNNING).exclude(node_type__in=waiting_types())
+    rows = list(running.values_list("id", "worker", "started_at")[:1000])
+    if not rows:
         return 0
-    lost = {agent.name: agent for agent in AgentRow.objects.lost(now).filter(name__in=workers)}
+    agents = {a.name: a for a in AgentRow.objects.filter(name__in={w for _, w, _ in rows})}
+    gone = {a.name for a in AgentRow.objects.gone(now).filter(name__in=list(agents))}
     count = 0
-    for step_id in running.filter(worker__in=list(lost)).values_list("id", flat=True)[:500]:
-        count += interrupt_step(step_id, lost)
+    for step_id, worker, started_at in rows[:500]:
+        agent = agents.get(worker)
+        if agent is None:
+            continue
+        if worker in gone:
+            count += interrupt_step(step_id, agent, lost=True)
+        elif (
+            started_at
+            and started_at < agent.last_heartbeat_at - ORPHAN_MARGIN
+            and step_id not in agent.running_step_ids
+        ):
+            count += interrupt_step(step_id, agent, lost=False)  # alive, but not running it
     return count
 
 
-def interrupt_step(step_id: int, lost: dict[str, AgentRow]) -> bool:
+ORPHAN_MARGIN = timedelta(seconds=1)
+
+
+def interrupt_step(step_id: int, agent: AgentRow, *, lost: bool) -> bool:
     """One step of a lost agent: interrupted, then a new attempt, or after MAX_INTERRUPTIONS a
     WorkerLostError failure routed like any other (DESIGN §6). Interruptions use no retries."""
     execution_id = Step.objects.values_list("execution_id", flat=True).get(pk=step_id)
@@ -874,17 +925,19 @@ def interrupt_step(step_id: int, lost: dict[str, AgentRow]) -> bool:
             .get(pk=execution_id)
         )
         step = Step.objects.get(pk=step_id)
-        agent = lost.get(step.worker)
-        if step.status != StepStatus.RUNNING or agent is None:
+        if step.status != StepStatus.RUNNING or step.worker != agent.name:
             return False  # it finished meanwhile
         step.execution = execution
         graph = engine.graph_for(execution.version)
-        why = (
-            f"its agent {agent.name} stopped while running it"
-            if agent.state == AgentState.STOPPED
-            else f"its agent {agent.name} sent no heartbeat since "
-            f"{agent.last_heartbeat_at:%H:%M:%S} UTC"
-        )
+        if not lost:
+            why = f"its agent {agent.name} is alive but no longer runs it (its result was lost)"
+        elif agent.state == AgentState.STOPPED:
+            why = f"its agent {agent.name} stopped while running it"
+        else:
+            why = (
+                f"its agent {agent.name} sent no heartbeat since "
+                f"{agent.last_heartbeat_at:%H:%M:%S} UTC"
+            )
         earlier = execution.steps.filter(
             node_id=step.node_id, status=StepStatus.INTERRUPTED
         ).count()

@@ -37,6 +37,7 @@ class Agent:
     job_started: float
     job_timeout: float
     draining: threading.Event = field(default_factory=threading.Event)
+    running: set[int] = field(default_factory=set)  # step ids between start and record
 
 
 current_agent: contextvars.ContextVar[Agent | None] = contextvars.ContextVar(
@@ -52,13 +53,13 @@ class Heartbeat:
     """
 
     def __init__(self) -> None:
-        self._agents: dict[str, threading.Event] = {}
+        self._agents: dict[str, tuple[threading.Event, set[int]]] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def add(self, name: str, draining: threading.Event) -> None:
+    def add(self, name: str, draining: threading.Event, running: set[int]) -> None:
         with self._lock:
-            self._agents[name] = draining
+            self._agents[name] = (draining, running)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._run, name="opsflow-heartbeat", daemon=True
@@ -70,15 +71,20 @@ class Heartbeat:
             self._agents.pop(name, None)
 
     def beat(self) -> None:
+        """Stamp each agent with the time, then what it runs: a step started before the stamp
+        and missing from the list is no longer being run (the reconciler's orphan check)."""
+        from django.utils import timezone
+
         from apps.executions.models import Agent as AgentRow
 
+        now = timezone.now()
         with self._lock:
-            agents = dict(self._agents)
-        if agents:
-            AgentRow.beat(
-                running=[n for n, draining in agents.items() if not draining.is_set()],
-                stopping=[n for n, draining in agents.items() if draining.is_set()],
-            )
+            agents = {
+                name: (draining.is_set(), sorted(running))
+                for name, (draining, running) in self._agents.items()
+            }
+        for name, (draining, running) in agents.items():
+            AgentRow.beat(name, now, running, draining)
 
     def _run(self) -> None:
         while True:
@@ -105,6 +111,7 @@ class AgentWorker(SimpleWorker):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.draining = threading.Event()
+        self.running_steps: set[int] = set()
 
     @property
     def agent_name(self) -> str:
@@ -118,7 +125,7 @@ class AgentWorker(SimpleWorker):
 
         name = self.agent_name
         AgentRow.register(name, self.queue_names(), socket.gethostname(), os.getpid())
-        HEARTBEAT.add(name, self.draining)
+        HEARTBEAT.add(name, self.draining, self.running_steps)
         try:
             return super().work(False, *args, **kwargs)
         finally:
@@ -139,6 +146,7 @@ class AgentWorker(SimpleWorker):
             job_started=time.monotonic(),
             job_timeout=float(job.timeout or 180),
             draining=self.draining,
+            running=self.running_steps,
         )
         token = current_agent.set(agent)
         try:

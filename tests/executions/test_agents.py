@@ -324,3 +324,164 @@ def test_an_agent_silent_past_the_timeout_displays_as_lost():
     row = agent("host/quiet", silent_for=TIMEOUT + 1)
     assert row.display_state() == AgentState.LOST
     assert agent("host/loud").display_state() == AgentState.RUNNING
+
+
+# --- GET /api/v1/agents/ and the admin page -----------------------------------------------------
+
+
+def test_the_agents_api_lists_state_queues_and_the_caller_s_running_steps(
+    org, other_org, viewer, outsider, api_for
+):
+    ours = trigger_workflow(make_workflow(org, chain_definition("ours", 2)))
+    theirs = trigger_workflow(make_workflow(other_org, chain_definition("theirs", 2)))
+    busy = agent("host/busy")
+    started_by(ours, "n0", busy.name)
+    started_by(theirs, "n0", busy.name)
+    agent("host/quiet", silent_for=TIMEOUT + 1)
+    agent("host/done", state=AgentState.STOPPED)
+
+    response = api_for(viewer).get("/api/v1/agents/")
+    assert response.status_code == 200
+    rows = {row["name"]: row for row in response.json()["results"]}
+    assert {name: row["state"] for name, row in rows.items()} == {
+        "host/busy": "running",
+        "host/quiet": "lost",
+        "host/done": "stopped",
+    }
+    assert rows["host/busy"]["queues"] == ["default"]
+    assert rows["host/busy"]["running_steps"] == [
+        {
+            "id": ours.steps.get(node_id="n0").pk,
+            "execution": ours.pk,
+            "node_id": "n0",
+            "attempt": 1,
+        }
+    ]
+    theirs_seen = api_for(outsider).get("/api/v1/agents/").json()["results"]
+    assert [s["execution"] for r in theirs_seen for s in r["running_steps"]] == [theirs.pk]
+
+    lost = api_for(viewer).get("/api/v1/agents/", {"state": "lost"}).json()["results"]
+    assert [row["name"] for row in lost] == ["host/quiet"]
+    running = api_for(viewer).get("/api/v1/agents/", {"state": "running"}).json()["results"]
+    assert [row["name"] for row in running] == ["host/busy"]
+    bad = api_for(viewer).get("/api/v1/agents/", {"state": "asleep"})
+    assert bad.status_code == 400
+    assert "state" in bad.content.decode()
+
+
+def test_the_agents_api_needs_a_login(client):
+    assert client.get("/api/v1/agents/").status_code in (401, 403)
+
+
+def test_the_agents_admin_page_shows_state_and_links_to_what_runs(org, viewer, client):
+    execution = trigger_workflow(make_workflow(org, chain_definition("admin-agents", 2)))
+    busy = agent("host/busy")
+    started_by(execution, "n0", busy.name)
+    agent("host/quiet", silent_for=TIMEOUT + 1)
+    client.force_login(viewer)
+
+    page = client.get("/executions/agent/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "host/busy" in html and "host/quiet" in html
+    assert "opsflow-lost" in html and "opsflow-running" in html
+    assert f'href="{execution.get_absolute_url()}"' in html
+    assert f"#{execution.pk} n0" in html
+
+
+# --- an agent that is alive but lost the step (its result could not be recorded) ----------------
+
+
+def test_a_step_its_live_agent_no_longer_reports_is_interrupted_and_run_again(org, workers):
+    execution = trigger_workflow(make_workflow(org, chain_definition("orphan", 2)))
+    busy = agent("host/busy")
+    step = started_by(execution, "n0", busy.name)
+    Step.objects.filter(pk=step.pk).update(started_at=timezone.now() - timedelta(seconds=10))
+
+    Agent.beat(busy.name, timezone.now(), [step.pk], draining=False)
+    assert reconcile_lost_agents() == 0  # it still reports the step: it is working on it
+
+    Agent.beat(busy.name, timezone.now(), [], draining=False)
+    assert reconcile_lost_agents() == 1
+    step.refresh_from_db()
+    assert step.status == StepStatus.INTERRUPTED
+    assert "is alive but no longer runs it" in step.error_message
+    workers.run_to_end(execution)
+    assert execution.status == ExecutionStatus.COMPLETED
+
+
+def test_a_step_started_after_the_last_heartbeat_is_not_an_orphan(org):
+    execution = trigger_workflow(make_workflow(org, chain_definition("fresh", 2)))
+    busy = agent("host/busy", silent_for=3)  # beat 3 s ago, listing nothing
+    step = started_by(execution, "n0", busy.name)  # started just now: not in that list yet
+    assert reconcile_lost_agents() == 0
+    step.refresh_from_db()
+    assert step.status == StepStatus.RUNNING
+
+
+def test_a_worker_reports_the_step_it_runs_in_its_heartbeat(org, redis_conn, settings):
+    """The heartbeat thread lists a step from its start until its outcome is recorded."""
+    settings.OPSFLOW_HEARTBEAT_SECONDS = 1
+    definition = chain_definition("slow", 1)
+    definition["nodes"][0] = {
+        "id": "n0",
+        "type": "shell.command",
+        "config": {"command": ["sleep", "2.5"]},
+    }
+    execution = trigger_workflow(make_workflow(org, definition))
+    worker = ThreadAgentWorker(["default"], connection=redis_conn, name="reporting")
+    thread = threading.Thread(target=worker.work, kwargs={"max_idle_time": 2}, daemon=True)
+    thread.start()
+    step = execution.steps.get()
+    deadline = time.monotonic() + 10
+
+    def listed() -> list[int]:
+        row = Agent.objects.filter(name=worker.agent_name).first()
+        return row.running_step_ids if row else []
+
+    while step.pk not in listed():
+        assert time.monotonic() < deadline, "the heartbeat never listed the running step"
+        time.sleep(0.05)
+    assert reconcile_lost_agents() == 0
+    thread.join(timeout=15)
+    step.refresh_from_db()
+    assert step.status == StepStatus.COMPLETED
+    assert Agent.objects.get(name=worker.agent_name).running_step_ids == []
+
+
+def test_a_result_is_recorded_once_the_database_answers_again(org, workers, monkeypatch):
+    from django.db import OperationalError
+
+    monkeypatch.setattr(services, "RECORD_RETRY_DELAYS", (0.01, 0.01))
+    real, calls = services.record_attempt, []
+
+    def flaky(step, attempt, agent):
+        calls.append(step.pk)
+        if len(calls) == 1:
+            raise OperationalError("server closed the connection unexpectedly")
+        return real(step, attempt, agent)
+
+    monkeypatch.setattr(services, "record_attempt", flaky)
+    execution = workers.run_to_end(
+        trigger_workflow(make_workflow(org, chain_definition("flaky-db", 2)))
+    )
+    assert execution.status == ExecutionStatus.COMPLETED
+    assert calls[0] == calls[1]  # the first step's outcome was recorded on the second try
+    assert attempts(execution, "n0") == [(1, StepStatus.COMPLETED, 0)]
+
+
+def test_a_dispatched_step_whose_rq_job_failed_before_running_it_is_enqueued_again(
+    org, workers, redis_conn
+):
+    from rq.job import Job
+
+    execution = trigger_workflow(make_workflow(org, chain_definition("failed-job", 1)))
+    step = execution.steps.get()
+    job = Job.fetch(step.rq_job_id, connection=redis_conn)
+    job.set_status("failed")  # the worker could not load the step (database down) and gave up
+    redis_conn.delete(f"rq:queue:{step.queue}")
+    later = timezone.now() + timedelta(seconds=60)
+
+    assert services.reconcile_lost_dispatches(now=later) == 1
+    workers.run_to_end(execution)
+    assert execution.status == ExecutionStatus.COMPLETED

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -614,3 +616,44 @@ def test_the_small_built_ins_check_their_config(type_name, config, problems):
 def test_only_a_condition_fires_extra_outcomes():
     assert REGISTRY["noop"].fired({"result": True}) == set()
     assert REGISTRY["http.request"].fired({"status_code": 200}) == set()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux's")
+def test_a_shell_command_dies_with_the_agent_that_runs_it(tmp_path):
+    """kill -9 of the agent must not leave the command running next to the new attempt."""
+    pid_file = tmp_path / "pid"
+    runner = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import django; django.setup();"
+            "from apps.executions.nodes import REGISTRY, NodeContext;"
+            "REGISTRY['shell.command'].run(NodeContext(config={'script': "
+            f"'echo $$ > {pid_file}; exec sleep 60'}}, raw_config={{}}, node={{}},"
+            " template_context={}, timeout=120, execution_id=1, step_id=1))",
+        ],
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings.test"},
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not (pid_file.exists() and pid_file.read_text().strip()):
+            assert time.monotonic() < deadline and runner.poll() is None, "command never started"
+            time.sleep(0.05)
+        command_pid = int(pid_file.read_text())
+        os.kill(command_pid, 0)  # it runs
+    finally:
+        runner.kill()
+        runner.wait()
+    deadline = time.monotonic() + 5
+    while _alive(command_pid):
+        assert time.monotonic() < deadline, f"command {command_pid} outlived its agent"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] != "Z"  # a zombie is dead, only not yet reaped
+    except FileNotFoundError:
+        return False

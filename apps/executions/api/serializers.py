@@ -1,6 +1,7 @@
 from rest_framework import serializers
 
-from apps.executions.models import Execution, ExecutionEvent, IncompleteExecution, Step
+from apps.accounts.permissions import scope_to_user
+from apps.executions.models import Agent, Execution, ExecutionEvent, IncompleteExecution, Step
 from apps.executions.nodes import REGISTRY
 
 
@@ -188,3 +189,40 @@ class MarkSucceededSerializer(serializers.Serializer):
         if not isinstance(value, dict):
             raise serializers.ValidationError("must be an object")
         return value
+
+
+class AgentSerializer(serializers.ModelSerializer):
+    """An agent (RQ worker) and what it runs now."""
+
+    state = serializers.SerializerMethodField()
+    running_steps = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Agent
+        fields = [
+            "name",
+            "hostname",
+            "pid",
+            "queues",
+            "state",
+            "started_at",
+            "last_heartbeat_at",
+            "stopped_at",
+            "running_steps",
+        ]
+        read_only_fields = fields
+
+    def get_state(self, obj: Agent) -> str:
+        return obj.display_state()
+
+    def get_running_steps(self, obj: Agent) -> list[dict]:
+        """Steps it runs now, limited to the caller's organizations."""
+        steps = scope_to_user(
+            obj.running_steps().select_related("execution__workflow"),
+            self.context["request"].user,
+            field="execution__workflow__organization",
+        )
+        return [
+            {"id": s.pk, "execution": s.execution_id, "node_id": s.node_id, "attempt": s.attempt}
+            for s in steps
+        ]

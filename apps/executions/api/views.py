@@ -12,6 +12,7 @@ from apps.accounts.choices import CAN_EXECUTE
 from apps.accounts.permissions import has_role, scope_to_user
 from apps.executions import services
 from apps.executions.api.serializers import (
+    AgentSerializer,
     BulkSerializer,
     ExecutionDetailSerializer,
     ExecutionEventSerializer,
@@ -22,8 +23,12 @@ from apps.executions.api.serializers import (
     RetrySerializer,
     StepSerializer,
 )
-from apps.executions.filtersets import ExecutionFilterSet, IncompleteExecutionFilterSet
-from apps.executions.models import Execution, IncompleteExecution
+from apps.executions.filtersets import (
+    AgentFilterSet,
+    ExecutionFilterSet,
+    IncompleteExecutionFilterSet,
+)
+from apps.executions.models import Agent, Execution, IncompleteExecution
 from apps.workflows.definition import DefinitionError
 
 
@@ -191,3 +196,17 @@ class IncompleteExecutionViewSet(
     def bulk_discard(self, request):
         """Discard the given ids, or every record matching the filters (`all_matching: true`)."""
         return self._bulk(request, lambda r: services.discard_incomplete(r, request.user))
+
+
+class AgentViewSet(viewsets.ReadOnlyModelViewSet):
+    """The agents (RQ workers) that run steps, with their heartbeat and current steps.
+
+    Agents are shared by every organization; the steps listed are those of your organizations.
+    """
+
+    serializer_class = AgentSerializer
+    filterset_class = AgentFilterSet
+    lookup_field = "pk"
+
+    def get_queryset(self):
+        return Agent.objects.order_by("-last_heartbeat_at", "name")

@@ -66,6 +66,14 @@ class NodeType:
 REGISTRY: dict[str, NodeType] = {}
 
 
+def waiting_types() -> list[str]:
+    """Node types that wait for something outside the engine (they override `begin_wait`):
+    their step stays `running` without an agent working on it."""
+    return [
+        name for name, kind in REGISTRY.items() if type(kind).begin_wait is not NodeType.begin_wait
+    ]
+
+
 def register(cls: type[NodeType]) -> type[NodeType]:
     REGISTRY[cls.name] = cls()
     return cls

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 from typing import Any
 
@@ -13,6 +15,26 @@ from django.conf import settings
 
 from apps.executions import errors
 from apps.executions.nodes.base import NodeContext, NodeType, Problem, cap_text, register
+
+
+def _die_with_parent_linux():
+    """On Linux, the command gets SIGKILL when the agent running it dies (kill -9, OOM), so a
+    new attempt elsewhere does not run alongside an orphan. Its own children are not covered."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved now: the child only calls it
+    except (OSError, AttributeError):
+        return None
+    PR_SET_PDEATHSIG = 1
+
+    def set_pdeathsig() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+    return set_pdeathsig
+
+
+_DIE_WITH_PARENT = _die_with_parent_linux()
 
 
 def _kill_group(process: subprocess.Popen) -> None:
@@ -68,6 +90,7 @@ class ShellCommandNode(NodeType):
                     cwd=config.get("cwd") or None,
                     env=env,
                     start_new_session=True,  # its own process group, so a timeout kills every child
+                    preexec_fn=_DIE_WITH_PARENT,
                 )
             except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
                 raise errors.InvalidConfigurationError(f"Cannot run {argv[0]!r}: {exc}") from exc
