@@ -8,6 +8,7 @@ from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
+from django.utils.timesince import timesince
 from django_htmx.http import HttpResponseStopPolling
 
 from apps.accounts.admin_mixins import OrganizationScopedAdmin, ReadOnlyAdmin
@@ -424,7 +425,7 @@ def _retry_edits(record: IncompleteExecution, bundles_text: str, input_text: str
 class AgentAdmin(ReadOnlyAdmin, admin.ModelAdmin):
     """The agents (RQ workers): state from the heartbeat, and the steps each runs now."""
 
-    list_display = ["name", "state_badge", "queue_list", "pid", "last_heartbeat_at"]
+    list_display = ["name", "state_badge", "queue_list", "pid", "heartbeat"]
     list_display_links = None
     search_fields = ["name", "hostname"]
     list_per_page = 50
@@ -438,6 +439,14 @@ class AgentAdmin(ReadOnlyAdmin, admin.ModelAdmin):
     @admin.display(description="State")
     def state_badge(self, obj):
         return status_badge(obj.display_state())
+
+    @admin.display(description="Last heartbeat", ordering="last_heartbeat_at")
+    def heartbeat(self, obj):
+        return format_html(
+            '<span title="{}">{} ago</span>',
+            obj.last_heartbeat_at.isoformat(),
+            timesince(obj.last_heartbeat_at),
+        )
 
     @admin.display(description="Queues")
     def queue_list(self, obj):

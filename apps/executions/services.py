@@ -963,7 +963,7 @@ def interrupt_step(step_id: int, agent: AgentRow, *, lost: bool) -> bool:
             execution.log(
                 EventKind.NODE_INTERRUPTED,
                 f"{step.node_id} interrupted: {why} (interruption {earlier + 1} of "
-                f"{MAX_INTERRUPTIONS - 1} allowed)",
+                f"{MAX_INTERRUPTIONS}: the last fails the node)",
                 node_id=step.node_id,
                 step=step,
                 data={"agent": agent.name, "interruptions": earlier + 1},
