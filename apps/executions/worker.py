@@ -87,19 +87,25 @@ class Heartbeat:
             AgentRow.beat(name, now, running, draining)
 
     def _run(self) -> None:
+        """Never dies while an agent needs it: a silent heartbeat would get its steps re-run."""
         while True:
             time.sleep(settings.OPSFLOW_HEARTBEAT_SECONDS)
+            with self._lock:
+                if not self._agents:  # every agent of this process stopped: so does the thread
+                    self._thread = None
+                    break
             try:
                 self.beat()
             except Exception:  # the database may be restarting: beat again next time
                 logger.warning("agent heartbeat failed", exc_info=True)
-            finally:
-                close_old_connections()
-            with self._lock:
-                if not self._agents:  # every agent of this process stopped: so does the thread
-                    connection.close()
-                    self._thread = None
-                    return
+            try:
+                close_old_connections()  # drops a connection the failure left unusable
+            except Exception:
+                logger.warning("agent heartbeat could not reset its connection", exc_info=True)
+        try:
+            connection.close()
+        except Exception:
+            logger.debug("closing the heartbeat's connection failed", exc_info=True)
 
 
 HEARTBEAT = Heartbeat()
@@ -125,6 +131,7 @@ class AgentWorker(SimpleWorker):
 
         name = self.agent_name
         AgentRow.register(name, self.queue_names(), socket.gethostname(), os.getpid())
+        connection.close()  # RQ forks its scheduler next: the child must not share this socket
         HEARTBEAT.add(name, self.draining, self.running_steps)
         try:
             return super().work(False, *args, **kwargs)

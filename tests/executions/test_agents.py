@@ -485,3 +485,29 @@ def test_a_dispatched_step_whose_rq_job_failed_before_running_it_is_enqueued_aga
     assert services.reconcile_lost_dispatches(now=later) == 1
     workers.run_to_end(execution)
     assert execution.status == ExecutionStatus.COMPLETED
+
+
+def test_the_heartbeat_thread_survives_a_database_error(org, settings, monkeypatch):
+    """A heartbeat thread that died would make a live agent look lost and its steps run twice."""
+    from django.db import OperationalError
+
+    settings.OPSFLOW_HEARTBEAT_SECONDS = 1
+    row = agent("host/solo", silent_for=100)
+    real, calls = Agent.beat.__func__, []
+
+    def flaky(cls, *args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            raise OperationalError("the database system is shutting down")
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(Agent, "beat", classmethod(flaky))
+    HEARTBEAT.add(row.name, threading.Event(), set())
+    try:
+        deadline = time.monotonic() + 10
+        while Agent.objects.get(pk=row.pk).display_state() == AgentState.LOST:
+            assert time.monotonic() < deadline, "the heartbeat stopped after the error"
+            time.sleep(0.05)
+    finally:
+        HEARTBEAT.remove(row.name)
+    assert len(calls) >= 2
