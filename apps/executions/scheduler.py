@@ -66,7 +66,10 @@ class SchedulerLoop:
             self.is_leader = False
 
     def tick(self) -> None:
+        """One pass over everything due. The lock is renewed between phases, so a long phase (a
+        backlog of cron fires) cannot outlive it unnoticed; a lost lock ends the pass."""
         from apps.approvals.services import escalate_due_approvals, expire_due_approvals
+        from apps.executions import cron
         from apps.executions.services import (
             reactivate_when_space_is_free,
             reconcile_lost_agents,
@@ -75,19 +78,24 @@ class SchedulerLoop:
             run_due_incomplete_retries,
         )
 
+        phases = [
+            cron.tick,
+            expire_due_approvals,
+            escalate_due_approvals,
+            run_due_incomplete_retries,
+            reactivate_when_space_is_free,
+            release_all_held,
+            reconcile_lost_agents,
+            reconcile_lost_dispatches,
+            self._prune_daily,
+        ]
         if self.embedded:
-            self._promote_scheduled_jobs()
-        from apps.executions import cron
-
-        cron.tick()
-        expire_due_approvals()
-        escalate_due_approvals()
-        run_due_incomplete_retries()
-        reactivate_when_space_is_free()
-        release_all_held()
-        reconcile_lost_agents()
-        reconcile_lost_dispatches()
-        self._prune_daily()
+            phases.insert(0, self._promote_scheduled_jobs)
+        for index, phase in enumerate(phases):
+            if index and not self.acquire_or_renew():
+                logger.warning("scheduler %s lost the leader lock mid-tick", self.token[:8])
+                return
+            phase()
 
     def _prune_daily(self) -> None:
         """Retention runs once a day, whichever scheduler leads when the day starts."""

@@ -78,6 +78,8 @@ def trigger_workflow(
     Raises WorkflowNotRunnable, or DefinitionError when the variables do not fit the definition.
     Nothing is stored in either case.
     """
+    if scheduled_for is not None and trigger != Trigger.CRON:
+        raise ValueError("scheduled_for is only for cron fires; the scheduler starts those alone")
     version = version or workflow.current_version
     if version is None:
         raise WorkflowNotRunnable(

@@ -583,3 +583,33 @@ def test_a_due_cron_fire_over_the_limit_with_policy_skip_is_recorded_and_counted
 
     assert_skipped(workflow.executions.get(scheduled_for=minute(10, 2)), "concurrency limit")
     assert counts == {"created": 1, "started": 0, "skipped": 1}
+
+
+# --- the scheduler's lock during a long tick -----------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_scheduler_that_loses_its_lock_mid_tick_stops_the_pass(redis_conn, monkeypatch):
+    from apps.executions import scheduler, services
+
+    loop, ran = scheduler.SchedulerLoop(), []
+    assert loop.acquire_or_renew()
+
+    def long_cron_phase(now=None):
+        ran.append("cron")
+        redis_conn.set(scheduler.LEADER_KEY, "another-scheduler")  # it took over meanwhile
+
+    monkeypatch.setattr(cron, "tick", long_cron_phase)
+    monkeypatch.setattr(services, "reconcile_lost_agents", lambda: ran.append("reconcile"))
+    loop.tick()
+    assert ran == ["cron"]
+    assert not loop.is_leader
+
+
+def test_only_cron_fires_are_created_for_later(org):
+    workflow = make_workflow(
+        org, {"slug": "later", "name": "Later", "nodes": [{"id": "a", "type": "noop"}]}
+    )
+    with pytest.raises(ValueError, match="only for cron fires"):
+        trigger_workflow(workflow, scheduled_for=timezone.now() + timedelta(hours=1))
+    assert not workflow.executions.exists()
