@@ -114,6 +114,8 @@ HEARTBEAT = Heartbeat()
 class AgentWorker(SimpleWorker):
     """Non-forking RQ worker that registers as an agent and tells the step runner who it is."""
 
+    forks_scheduler = True  # `--with-scheduler` starts RQ's scheduler as a forked process
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.draining = threading.Event()
@@ -131,7 +133,11 @@ class AgentWorker(SimpleWorker):
 
         name = self.agent_name
         AgentRow.register(name, self.queue_names(), socket.gethostname(), os.getpid())
-        connection.close()  # RQ forks its scheduler next: the child must not share this socket
+        if kwargs.get("with_scheduler") and self.forks_scheduler:
+            # RQ forks its scheduler next: the child must not share a database socket.
+            connection.close()
+            if hasattr(connection, "close_pool"):
+                connection.close_pool()  # PostgreSQL's pool: opened again on the first job
         HEARTBEAT.add(name, self.draining, self.running_steps)
         try:
             return super().work(False, *args, **kwargs)
@@ -166,6 +172,7 @@ class ThreadAgentWorker(AgentWorker):
     """For worker threads (the embedded default, tests): no signal handlers, timer timeouts."""
 
     death_penalty_class = TimerDeathPenalty
+    forks_scheduler = False  # the embedded scheduler loop promotes RQ's scheduled jobs instead
 
     def _install_signal_handlers(self):
         pass

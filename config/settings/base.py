@@ -91,11 +91,21 @@ TEMPLATES = [
 DATABASE_URL = env_str("DATABASE_URL")
 if DATABASE_URL:
     try:
-        DATABASES = {
-            "default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)
-        }
+        DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_health_checks=True)}
     except ValueError as exc:
         raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
+    if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        # A pool per process, not persistent connections: under ASGI each request may run on a
+        # new thread, and a per-thread persistent connection then leaks one PostgreSQL backend
+        # per request until "too many clients".
+        DATABASES["default"]["CONN_MAX_AGE"] = 0
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": 1,
+            "max_size": env_int("OPSFLOW_DB_POOL_SIZE", 10, minimum=1),
+            "timeout": 10,
+        }  # with CONN_HEALTH_CHECKS, Django has the pool check each connection it lends
+    else:
+        DATABASES["default"]["CONN_MAX_AGE"] = 60
 else:
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {
