@@ -261,7 +261,7 @@ def advance(
         execution.complete()
         from apps.executions.services import release_held_on_commit
 
-        release_held_on_commit(execution.workflow_id)
+        release_held_on_commit(execution.workflow_id, graph.settings)
         for record in execution.incomplete_records.open():
             record.close(IncompleteStatus.RESOLVED)
             execution.freed_incomplete_space = True  # the caller reactivates/releases after commit

@@ -178,8 +178,14 @@ def skip_scheduled(execution_id: int, reason: str) -> bool:
     return True
 
 
-def release_held_on_commit(workflow_id: int) -> None:
-    """A run ended: once that commits, a run held for its slot may start."""
+def release_held_on_commit(workflow_id: int, settings_: dict[str, Any] | None = None) -> None:
+    """A run ended: once that commits, a run held for its slot may start. Runs are held only
+    under a concurrency limit or sequential processing: without either in the run's version,
+    the scheduler's release_all_held backstop covers runs an older version held (a hot path)."""
+    if settings_ is not None and not (
+        settings_.get("max_concurrent_executions") or settings_.get("sequential_processing")
+    ):
+        return
 
     def release() -> None:
         if Execution.objects.filter(
@@ -265,8 +271,11 @@ def run_step_once(step_or_id: Step | int, agent: Agent | None) -> Step | None:
         step = step_or_id  # created by this process in a committed transaction, with its execution
     else:
         try:
-            step = Step.objects.select_related("execution__version", "execution__workflow").get(
-                pk=step_or_id
+            # The draft is never needed here, and the definition only when the graph cache misses.
+            step = (
+                Step.objects.select_related("execution__version", "execution__workflow")
+                .defer("execution__workflow__draft", "execution__version__definition")
+                .get(pk=step_or_id)
             )
         except Step.DoesNotExist:
             logger.warning("run_step(%s): no such step; ignoring", step_or_id)
@@ -584,7 +593,7 @@ def _stop_open_steps(execution: Execution) -> None:
 def _fail(execution: Execution, step: Step, why: str) -> None:
     _stop_open_steps(execution)
     _cancel_waiting(execution)
-    release_held_on_commit(execution.workflow_id)
+    release_held_on_commit(execution.workflow_id, engine.graph_for(execution.version).settings)
     reason = f"{step.node_id} failed with {step.error_type}: {step.error_message}"
     execution.fail(f"{reason} ({why})" if why else reason)
     for record in execution.incomplete_records.open():
