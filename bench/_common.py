@@ -54,6 +54,25 @@ def setup_django(redis_db: int | None) -> tuple[str, str]:
     return labels
 
 
+def bench_workflow(kind: str, steps: int):
+    """A published `noop` chain of `steps` nodes in an organization of its own, every node on a
+    queue of its own. Returns (workflow, run token, queue name, Redis connection)."""
+    import secrets
+
+    from apps.executions import dispatch
+    from tests.factories import chain_definition, make_org, make_workflow
+
+    token = secrets.token_hex(4)
+    queue_name = f"bench-{token}"
+    conn = dispatch.get_connection()
+    conn.ping()
+    org = make_org(f"bench-{kind}-{token}")
+    definition = chain_definition(f"bench-{kind}-{token}", steps)
+    for node in definition["nodes"]:
+        node["queue"] = queue_name
+    return make_workflow(org, definition), token, queue_name, conn
+
+
 def child_env(queue_name: str) -> dict[str, str]:
     """The environment of a web or worker process: the bench's stores, settings and queue."""
     env = dict(os.environ)

@@ -51,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import (  # noqa: E402
     Children,
+    bench_workflow,
     child_env,
     cleanup_redis,
     percentile,
@@ -132,21 +133,11 @@ def main() -> int:
     import django
     import rq
 
-    from apps.executions import dispatch
     from apps.executions.choices import EXECUTION_TERMINAL, ExecutionStatus, StepStatus
     from apps.executions.models import Execution, Step
     from apps.executions.services import trigger_workflow
-    from tests.factories import chain_definition, make_org, make_workflow
 
-    token = secrets.token_hex(4)
-    queue_name = f"bench-{token}"
-    conn = dispatch.get_connection()
-    conn.ping()
-    org = make_org(f"bench-e2e-{token}")
-    definition = chain_definition(f"bench-e2e-{token}", args.steps)
-    for node in definition["nodes"]:
-        node["queue"] = queue_name
-    workflow = make_workflow(org, definition)
+    workflow, token, queue_name, conn = bench_workflow("e2e", args.steps)
     poll_s = args.poll_ms / 1000
 
     samples: dict[str, list[float]] = {

@@ -67,6 +67,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import (  # noqa: E402
     Children,
     CpuMeter,
+    bench_workflow,
     child_env,
     cleanup_redis,
     free_port,
@@ -218,19 +219,10 @@ def main() -> int:
     from django.db import connection
     from django.db.models import Min
 
-    from apps.executions import dispatch
     from apps.executions.choices import EXECUTION_TERMINAL, ExecutionStatus
     from apps.executions.models import Execution, Step
-    from tests.factories import chain_definition, make_org, make_workflow
 
-    token = secrets.token_hex(4)
-    queue_name = f"bench-{token}"
-    conn = dispatch.get_connection()
-    conn.ping()
-    org = make_org(f"bench-wh-{token}")
-    definition = chain_definition(f"bench-webhook-{token}", 1)
-    definition["nodes"][0]["queue"] = queue_name
-    workflow = make_workflow(org, definition)
+    workflow, token, queue_name, conn = bench_workflow("webhook", 1)
     hook = f"/hooks/{workflow.webhook_key}/"
 
     def body_for(i: int) -> bytes:
