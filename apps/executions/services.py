@@ -34,12 +34,11 @@ from apps.executions.choices import (
     StepStatus,
     Trigger,
 )
-from apps.executions.models import Agent as AgentRow
-from apps.executions.models import Execution, IncompleteExecution, Step
+from apps.executions.models import Agent, Execution, IncompleteExecution, Step
 from apps.executions.nodes import NodeContext, get_node_type
 from apps.executions.nodes.base import WAIT, waiting_types
 from apps.executions.templating import build_context, render_value
-from apps.executions.worker import Agent, current_agent
+from apps.executions.worker import AgentContext, current_agent
 from apps.workflows.definition import resolve_variables
 from apps.workflows.models import Workflow, WorkflowVersion
 
@@ -238,7 +237,7 @@ class Attempt:
     retry_after: float | None = None
 
 
-def _agent_name(agent: Agent | None) -> str:
+def _agent_name(agent: AgentContext | None) -> str:
     return agent.name if agent else f"{socket.gethostname()}/pid-{os.getpid()}"
 
 
@@ -255,7 +254,7 @@ def run_step_chain(step_id: int) -> None:
             step = None
 
 
-def _may_continue_locally(agent: Agent | None, step: Step, ran: int) -> bool:
+def _may_continue_locally(agent: AgentContext | None, step: Step, ran: int) -> bool:
     """Only while the successor's own timeout, plus half the backstop margin, still fits inside
     this RQ job's timeout: RQ's death penalty covers the whole chain run by one job."""
     if agent is None or ran >= MAX_LOCAL_STEPS_PER_JOB or agent.draining.is_set():
@@ -265,7 +264,7 @@ def _may_continue_locally(agent: Agent | None, step: Step, ran: int) -> bool:
     return engine.node_timeout(node) + engine.JOB_TIMEOUT_MARGIN / 2 < remaining
 
 
-def run_step_once(step_or_id: Step | int, agent: Agent | None) -> Step | None:
+def run_step_once(step_or_id: Step | int, agent: AgentContext | None) -> Step | None:
     """The job wrapper's body: load, check runnable, run, record. Returns a step to continue with."""
     if isinstance(step_or_id, Step):
         step = step_or_id  # created by this process in a committed transaction, with its execution
@@ -307,7 +306,7 @@ def run_step_once(step_or_id: Step | int, agent: Agent | None) -> Step | None:
 RECORD_RETRY_DELAYS = (0.5, 1, 2, 4, 8, 15)  # about half a minute: a database restart
 
 
-def _record_when_the_database_answers(step: Step, attempt: Attempt, agent: Agent | None):
+def _record_when_the_database_answers(step: Step, attempt: Attempt, agent: AgentContext | None):
     """The node ran; its outcome must not be lost to a database restart. If the result cannot
     be recorded even then, the step is left running and the reconciler's orphan check (the
     agent's heartbeat no longer lists it) interrupts it and runs it again."""
@@ -415,7 +414,7 @@ def _is_json(value: Any) -> bool:
     return True
 
 
-def record_attempt(step: Step, attempt: Attempt, agent: Agent | None) -> Step | None:
+def record_attempt(step: Step, attempt: Attempt, agent: AgentContext | None) -> Step | None:
     """Record an attempt's outcome and move the graph on, under the execution's row lock."""
     local_queues = agent.queues if agent and settings.OPSFLOW_LOCAL_CONTINUATION else frozenset()
     version = step.execution.version  # immutable: no need to read it again under the lock
@@ -904,8 +903,8 @@ def reconcile_lost_agents(now=None) -> int:
     rows = list(running.values_list("id", "worker", "started_at")[:1000])
     if not rows:
         return 0
-    agents = {a.name: a for a in AgentRow.objects.filter(name__in={w for _, w, _ in rows})}
-    gone = {a.name for a in AgentRow.objects.gone(now).filter(name__in=list(agents))}
+    agents = {a.name: a for a in Agent.objects.filter(name__in={w for _, w, _ in rows})}
+    gone = {a.name for a in Agent.objects.gone(now).filter(name__in=list(agents))}
     count = 0
     for step_id, worker, started_at in rows[:500]:
         agent = agents.get(worker)
@@ -925,7 +924,7 @@ def reconcile_lost_agents(now=None) -> int:
 ORPHAN_MARGIN = timedelta(seconds=1)
 
 
-def interrupt_step(step_id: int, agent: AgentRow, *, lost: bool) -> bool:
+def interrupt_step(step_id: int, agent: Agent, *, lost: bool) -> bool:
     """One step of a lost agent: interrupted, then a new attempt, or after MAX_INTERRUPTIONS a
     WorkerLostError failure routed like any other (DESIGN §6). Interruptions use no retries."""
     execution_id = Step.objects.values_list("execution_id", flat=True).get(pk=step_id)

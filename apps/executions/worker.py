@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Agent:
+class AgentContext:
     """Who is running the current job, for local continuation and the step's `worker` field."""
 
     name: str
@@ -40,7 +40,7 @@ class Agent:
     running: set[int] = field(default_factory=set)  # step ids between start and record
 
 
-current_agent: contextvars.ContextVar[Agent | None] = contextvars.ContextVar(
+current_agent: contextvars.ContextVar[AgentContext | None] = contextvars.ContextVar(
     "current_agent", default=None
 )
 
@@ -75,7 +75,7 @@ class Heartbeat:
         and missing from the list is no longer being run (the reconciler's orphan check)."""
         from django.utils import timezone
 
-        from apps.executions.models import Agent as AgentRow
+        from apps.executions.models import Agent
 
         now = timezone.now()
         with self._lock:
@@ -84,7 +84,7 @@ class Heartbeat:
                 for name, (draining, running) in self._agents.items()
             }
         for name, (draining, running) in agents.items():
-            AgentRow.beat(name, now, running, draining)
+            Agent.beat(name, now, running, draining)
 
     def _run(self) -> None:
         """Never dies while an agent needs it: a silent heartbeat would get its steps re-run."""
@@ -129,10 +129,10 @@ class AgentWorker(SimpleWorker):
         """A long-running worker is an agent with a heartbeat; a burst (tests, benchmarks) is not."""
         if burst:
             return super().work(True, *args, **kwargs)
-        from apps.executions.models import Agent as AgentRow
+        from apps.executions.models import Agent
 
         name = self.agent_name
-        AgentRow.register(name, self.queue_names(), socket.gethostname(), os.getpid())
+        Agent.register(name, self.queue_names(), socket.gethostname(), os.getpid())
         if kwargs.get("with_scheduler") and self.forks_scheduler:
             # RQ forks its scheduler next: the child must not share a database socket.
             connection.close()
@@ -144,7 +144,7 @@ class AgentWorker(SimpleWorker):
         finally:
             HEARTBEAT.remove(name)
             try:
-                AgentRow.mark_stopped(name)  # a step left running now is interrupted at once
+                Agent.mark_stopped(name)  # a step left running now is interrupted at once
             except DatabaseError:
                 logger.warning("could not record that agent %s stopped", name, exc_info=True)
 
@@ -153,7 +153,7 @@ class AgentWorker(SimpleWorker):
         self.draining.set()  # read by the step runner and the heartbeat thread; no I/O here
 
     def execute_job(self, job, queue):
-        agent = Agent(
+        agent = AgentContext(
             name=self.agent_name,
             queues=frozenset(self.queue_names()),
             job_started=time.monotonic(),

@@ -24,8 +24,7 @@ from apps.executions.choices import (
 )
 from apps.executions.models import Agent, Execution, Step
 from apps.executions.services import reconcile_lost_agents, trigger_workflow
-from apps.executions.worker import HEARTBEAT, ThreadAgentWorker
-from apps.executions.worker import Agent as AgentContext
+from apps.executions.worker import HEARTBEAT, AgentContext, ThreadAgentWorker
 from tests.factories import chain_definition, make_workflow
 
 pytestmark = pytest.mark.django_db(transaction=True)
