@@ -441,13 +441,7 @@ def record_attempt(step: Step, attempt: Attempt, agent: AgentContext | None) -> 
 
 
 def _begin_wait(execution: Execution, step: Step, attempt: Attempt) -> None:
-    execution.log(
-        EventKind.NODE_STARTED,
-        f"{step.node_id} started on {step.worker} (attempt {step.attempt})",
-        node_id=step.node_id,
-        step=step,
-        at=step.started_at,
-    )
+    _log_started(execution, step)
     if execution.status not in EXECUTION_ADVANCING:  # cancelled meanwhile: nothing to wait for
         step.cancel_waiting()
         return
@@ -467,7 +461,8 @@ def _route(
     return engine.advance(execution, graph, [step.node_id], local_queues, finished=step)
 
 
-def _log_attempt(execution: Execution, step: Step, attempt: Attempt) -> None:
+def _log_started(execution: Execution, step: Step) -> None:
+    """Logged with the outcome (one insert), dated when the step really started."""
     execution.log(
         EventKind.NODE_STARTED,
         f"{step.node_id} started on {step.worker} (attempt {step.attempt})",
@@ -475,6 +470,14 @@ def _log_attempt(execution: Execution, step: Step, attempt: Attempt) -> None:
         step=step,
         at=step.started_at,
     )
+
+
+def _log_attempt(execution: Execution, step: Step, attempt: Attempt) -> None:
+    _log_started(execution, step)
+    _log_outcome(execution, step, attempt)
+
+
+def _log_outcome(execution: Execution, step: Step, attempt: Attempt) -> None:
     if attempt.status == StepStatus.COMPLETED:
         if step.node_type == "condition":
             result = (attempt.output or {}).get("result")
@@ -952,13 +955,7 @@ def interrupt_step(step_id: int, agent: Agent, *, lost: bool) -> bool:
             node_id=step.node_id, status=StepStatus.INTERRUPTED
         ).count()
         with execution.batched_log():
-            execution.log(
-                EventKind.NODE_STARTED,
-                f"{step.node_id} started on {step.worker} (attempt {step.attempt})",
-                node_id=step.node_id,
-                step=step,
-                at=step.started_at,
-            )
+            _log_started(execution, step)
             if earlier + 1 >= MAX_INTERRUPTIONS:
                 message = (
                     f"Worker lost: {step.node_id} was interrupted {earlier + 1} times because "
@@ -966,7 +963,7 @@ def interrupt_step(step_id: int, agent: Agent, *, lost: bool) -> bool:
                 )
                 step.finish(StepStatus.FAILED, error_type="WorkerLostError", error_message=message)
                 attempt = Attempt(StepStatus.FAILED, None, None, "WorkerLostError", message)
-                _log_attempt(execution, step, attempt)
+                _log_outcome(execution, step, attempt)
                 _route(execution, graph, step, attempt, frozenset())
                 return True
             step.interrupt(f"Worker lost: {why}")

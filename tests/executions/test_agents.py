@@ -163,6 +163,11 @@ def test_the_third_interruption_fails_the_step_with_a_worker_lost_error(org, wor
     ]
     failed = execution.steps.get(node_id="n1", attempt=3)
     assert failed.error_type == "WorkerLostError"
+    assert list(failed.events.values_list("kind", flat=True)) == [
+        EventKind.NODE_DISPATCHED,
+        EventKind.NODE_STARTED,
+        EventKind.NODE_FAILED,
+    ]
     assert failed.error_message.startswith("Worker lost: n1 was interrupted 3 times")
     execution.refresh_from_db()
     assert execution.status == ExecutionStatus.FAILED
