@@ -13,7 +13,7 @@ from django_htmx.http import HttpResponseStopPolling
 
 from apps.accounts.admin_mixins import OrganizationScopedAdmin, ReadOnlyAdmin
 from apps.accounts.choices import CAN_EXECUTE, CAN_READ
-from apps.accounts.permissions import has_role, organizations_for, scope_to_user
+from apps.accounts.permissions import has_role, organizations_for
 from apps.executions import services
 from apps.executions.choices import (
     EXECUTION_TERMINAL,
@@ -455,11 +455,7 @@ class AgentAdmin(ReadOnlyAdmin, admin.ModelAdmin):
     def get_list_display(self, request):
         @admin.display(description="Working on")
         def working_on(obj):  # a closure over the request: the admin instance is shared
-            steps = scope_to_user(
-                obj.running_steps().select_related("execution"),
-                request.user,
-                field="execution__workflow__organization",
-            )
+            steps = obj.running_steps_for(request.user)
             return (
                 format_html_join(
                     ", ",

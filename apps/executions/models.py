@@ -563,10 +563,15 @@ class IncompleteExecution(models.Model):
         return bool(changed)
 
 
+def _heartbeat_cutoff(now: datetime | None) -> datetime:
+    """An agent whose last heartbeat is older than this is lost (unless it stopped)."""
+    return (now or timezone.now()) - timedelta(seconds=settings.OPSFLOW_AGENT_TIMEOUT)
+
+
 def _silent(now: datetime | None) -> models.Q:
-    """No heartbeat for OPSFLOW_AGENT_TIMEOUT while not stopped: the agent is lost."""
-    cutoff = (now or timezone.now()) - timedelta(seconds=settings.OPSFLOW_AGENT_TIMEOUT)
-    return models.Q(last_heartbeat_at__lt=cutoff) & ~models.Q(state=AgentState.STOPPED)
+    return models.Q(last_heartbeat_at__lt=_heartbeat_cutoff(now)) & ~models.Q(
+        state=AgentState.STOPPED
+    )
 
 
 class AgentQuerySet(models.QuerySet):
@@ -612,17 +617,21 @@ class Agent(models.Model):
 
     def display_state(self, now: datetime | None = None) -> str:
         """The stored state, or `lost` when a live-looking agent has gone silent."""
-        cutoff = (now or timezone.now()) - timedelta(seconds=settings.OPSFLOW_AGENT_TIMEOUT)
-        if self.state != AgentState.STOPPED and self.last_heartbeat_at < cutoff:
+        if self.state != AgentState.STOPPED and self.last_heartbeat_at < _heartbeat_cutoff(now):
             return AgentState.LOST
         return self.state
 
-    def running_steps(self) -> models.QuerySet[Step]:
-        """What it works on now (a step waiting for a person holds no agent)."""
+    def running_steps_for(self, user) -> models.QuerySet[Step]:
+        """What it works on now, in the user's organizations (a step waiting for a person holds
+        no agent)."""
+        from apps.accounts.permissions import scope_to_user
         from apps.executions.nodes.base import waiting_types
 
-        return Step.objects.filter(worker=self.name, status=StepStatus.RUNNING).exclude(
+        steps = Step.objects.filter(worker=self.name, status=StepStatus.RUNNING).exclude(
             node_type__in=waiting_types()
+        )
+        return scope_to_user(
+            steps.select_related("execution"), user, field="execution__workflow__organization"
         )
 
     @classmethod

@@ -1,6 +1,5 @@
 from rest_framework import serializers
 
-from apps.accounts.permissions import scope_to_user
 from apps.executions.models import Agent, Execution, ExecutionEvent, IncompleteExecution, Step
 from apps.executions.nodes import REGISTRY
 
@@ -217,11 +216,7 @@ class AgentSerializer(serializers.ModelSerializer):
 
     def get_running_steps(self, obj: Agent) -> list[dict]:
         """Steps it runs now, limited to the caller's organizations."""
-        steps = scope_to_user(
-            obj.running_steps().select_related("execution__workflow"),
-            self.context["request"].user,
-            field="execution__workflow__organization",
-        )
+        steps = obj.running_steps_for(self.context["request"].user)
         return [
             {"id": s.pk, "execution": s.execution_id, "node_id": s.node_id, "attempt": s.attempt}
             for s in steps

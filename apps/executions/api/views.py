@@ -204,9 +204,6 @@ class AgentViewSet(viewsets.ReadOnlyModelViewSet):
     Agents are shared by every organization; the steps listed are those of your organizations.
     """
 
+    queryset = Agent.objects.all()  # newest heartbeat first (Meta.ordering)
     serializer_class = AgentSerializer
     filterset_class = AgentFilterSet
-    lookup_field = "pk"
-
-    def get_queryset(self):
-        return Agent.objects.order_by("-last_heartbeat_at", "name")
