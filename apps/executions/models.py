@@ -575,10 +575,6 @@ def _silent(now: datetime | None) -> models.Q:
 
 
 class AgentQuerySet(models.QuerySet):
-    def gone(self, now: datetime | None = None) -> AgentQuerySet:
-        """Agents that will not finish what they started: stopped, or lost."""
-        return self.filter(models.Q(state=AgentState.STOPPED) | _silent(now))
-
     def in_state(self, state: str, now: datetime | None = None) -> AgentQuerySet:
         """By displayed state: `lost` is derived from the heartbeat, the others are stored."""
         if state == AgentState.LOST:

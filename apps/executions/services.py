@@ -903,17 +903,16 @@ def reconcile_lost_agents(now=None) -> int:
     Steps whose worker never registered as an agent are not checked either (see README)."""
     now = now or timezone.now()
     running = Step.objects.filter(status=StepStatus.RUNNING).exclude(node_type__in=waiting_types())
-    rows = list(running.values_list("id", "worker", "started_at")[:1000])
+    rows = list(running.values_list("id", "worker", "started_at")[:500])  # the rest next tick
     if not rows:
         return 0
     agents = {a.name: a for a in Agent.objects.filter(name__in={w for _, w, _ in rows})}
-    gone = {a.name for a in Agent.objects.gone(now).filter(name__in=list(agents))}
     count = 0
-    for step_id, worker, started_at in rows[:500]:
+    for step_id, worker, started_at in rows:
         agent = agents.get(worker)
         if agent is None:
             continue
-        if worker in gone:
+        if agent.display_state(now) in (AgentState.STOPPED, AgentState.LOST):
             count += interrupt_step(step_id, agent, lost=True)
         elif (
             started_at
