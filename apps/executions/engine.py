@@ -5,6 +5,7 @@ Everything here runs under the execution's row lock, held by the caller (service
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,8 +13,9 @@ from datetime import timedelta
 from functools import partial
 from typing import Any
 
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.utils import timezone
+from redis.exceptions import RedisError
 
 from apps.executions.choices import (
     STEP_FAILED,
@@ -24,11 +26,13 @@ from apps.executions.choices import (
     StepHandling,
     StepStatus,
 )
-from apps.executions.dispatch import enqueue_step
+from apps.executions.dispatch import ENQUEUE_FAILURES, enqueue_step
 from apps.executions.models import Execution, Step
 from apps.executions.nodes.base import REGISTRY
 from apps.workflows.definition import Graph
 from apps.workflows.models import WorkflowVersion
+
+logger = logging.getLogger(__name__)
 
 JOB_TIMEOUT_MARGIN = 60
 DEFAULT_NODE_TIMEOUT = 60.0
@@ -178,10 +182,31 @@ def dispatch(
     return local
 
 
-def enqueue(step: Step, graph: Graph) -> None:
-    """Send a dispatched step through RQ, with its backstop timeout and its not-before time."""
+def enqueue(step: Step, graph: Graph) -> bool:
+    """Send a dispatched step through RQ, with its backstop timeout and its not-before time.
+
+    The step row is already committed, so a Redis that does not answer fails nothing: the
+    step is marked unsent and the reconciler sends it as soon as Redis answers. False then.
+    """
     node = graph.nodes[step.node_id]
-    enqueue_step(step.pk, step.queue, step.rq_job_id, job_timeout(node), step.next_attempt_at)
+    try:
+        enqueue_step(step.pk, step.queue, step.rq_job_id, job_timeout(node), step.next_attempt_at)
+    except RedisError as exc:
+        ENQUEUE_FAILURES.add()
+        logger.warning(
+            "could not enqueue step %s (%s of execution %s): %s; the reconciler sends it "
+            "when Redis answers",
+            step.pk,
+            step.node_id,
+            step.execution_id,
+            exc,
+        )
+        try:
+            step.mark_unsent()
+        except DatabaseError:  # both stores down: the lost-dispatch check finds it later
+            logger.warning("could not mark step %s unsent", step.pk, exc_info=True)
+        return False
+    return True
 
 
 def dispatch_nodes(

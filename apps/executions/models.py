@@ -275,6 +275,11 @@ class Step(models.Model):
     queue = models.CharField(max_length=64, default="default")
     worker = models.CharField(max_length=200, blank=True)
     rq_job_id = models.CharField(max_length=64, blank=True)
+    unsent_since = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="Its enqueue failed (Redis did not answer): the reconciler sends it when it does.",
+    )
     input = models.JSONField(null=True, blank=True)
     output = models.JSONField(null=True, blank=True)
     error_type = models.CharField(max_length=64, blank=True)
@@ -393,6 +398,28 @@ class Step(models.Model):
         )
         if changed:
             self.status, self.started_at, self.worker = StepStatus.RUNNING, now, worker[:200]
+        return bool(changed)
+
+    def mark_unsent(self) -> bool:
+        """Its enqueue failed after commit: the reconciler sends it once Redis answers."""
+        now = timezone.now()
+        changed = Step.objects.filter(pk=self.pk, status=StepStatus.DISPATCHED).update(
+            unsent_since=now
+        )
+        if changed:
+            self.unsent_since = now
+        return bool(changed)
+
+    def new_rq_job(self) -> bool:
+        """A fresh RQ job id before a re-enqueue, so nothing RQ still holds of the old job (a
+        dead worker's started entry, a stuck intermediate entry) can act on the new one.
+        False when the step is no longer dispatched (it started or was cancelled meanwhile)."""
+        job_id = uuid.uuid4().hex
+        changed = Step.objects.filter(pk=self.pk, status=StepStatus.DISPATCHED).update(
+            rq_job_id=job_id, unsent_since=None
+        )
+        if changed:
+            self.rq_job_id, self.unsent_since = job_id, None
         return bool(changed)
 
     def interrupt(self, reason: str) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections, transaction
 from django.utils import timezone
+from redis.exceptions import RedisError
 
 from apps.executions import engine, errors
 from apps.executions.choices import (
@@ -844,54 +845,118 @@ def release_all_held() -> int:
     return sum(release_held(w) for w in Workflow.objects.filter(pk__in=workflow_ids))
 
 
-def _job_will_run(job_id: str, connection) -> bool:
-    """The RQ job exists and has not ended. A job that failed without running the step (the
-    database was down when it loaded the step) is deleted, so the step is enqueued afresh."""
-    from rq.exceptions import NoSuchJobError
-    from rq.job import Job, JobStatus
-
-    try:
-        job = Job.fetch(job_id, connection=connection)
-    except NoSuchJobError:
-        return False
-    if job.get_status(refresh=False) in (
-        JobStatus.FAILED,
-        JobStatus.STOPPED,
-        JobStatus.CANCELED,
-        JobStatus.FINISHED,
-    ):
-        job.delete()
-        return False
-    return True
+def send_unsent_steps() -> int:
+    """Send the dispatched steps whose enqueue failed (Redis did not answer): every scheduler
+    tick, so they go as soon as Redis answers. Returns how many were sent."""
+    unsent = (
+        Step.objects.filter(status=StepStatus.DISPATCHED, unsent_since__isnull=False)
+        .select_related("execution__version")
+        .order_by("unsent_since")[:500]
+    )
+    why = "it was never sent: Redis did not answer when it was dispatched"
+    return sum(_send_again(step, why) for step in unsent)
 
 
 def reconcile_lost_dispatches(now=None) -> int:
-    """Re-enqueue dispatched steps that are due but have no RQ job that will run them (Redis lost
-    it, a worker died between commit and enqueue, the job failed before it could load the step).
-    A duplicate delivery is harmless: starting is a compare-and-swap."""
-    from apps.executions.dispatch import get_connection
+    """Enqueue again the dispatched steps that no RQ job will run (DESIGN §6 Durability).
 
+    Whether a job will run is decided from where it is, not from what its hash says: a job in
+    its queue's list, or parked in its scheduled or deferred registry, will run; one `started`
+    by a worker that is still alive is running. Anything else has been lost: Redis lost the
+    job, a worker that died (or was about to) was handed it from the list, a worker died
+    between taking it and starting the step, or the job ended without running it. Those steps
+    are enqueued again, under a new job id, once dispatched for OPSFLOW_LOST_DISPATCH_AFTER
+    (unsent steps at once). A duplicate delivery is harmless: starting a step is a
+    compare-and-swap. Returns how many steps were enqueued.
+    """
     now = now or timezone.now()
+    count = send_unsent_steps()
     cutoff = now - timedelta(seconds=settings.OPSFLOW_LOST_DISPATCH_AFTER)
-    candidates = (
-        Step.objects.filter(status=StepStatus.DISPATCHED, created_at__lt=cutoff)
-        .exclude(next_attempt_at__gt=cutoff)
-        .select_related("execution__version")[:500]
-    )
-    connection = get_connection()
-    count = 0
-    for step in candidates:
-        if step.rq_job_id and _job_will_run(step.rq_job_id, connection):
-            continue
-        engine.enqueue(step, engine.graph_for(step.execution.version))
-        step.execution.log(
-            EventKind.NODE_DISPATCHED,
-            f"{step.node_id} re-enqueued: its RQ job was lost or ended without running it",
-            node_id=step.node_id,
-            step=step,
+    old = list(
+        Step.objects.filter(
+            status=StepStatus.DISPATCHED, unsent_since__isnull=True, created_at__lt=cutoff
         )
-        count += 1
+        .exclude(next_attempt_at__gt=cutoff)
+        .select_related("execution__version")
+        .order_by("created_at")[:500]
+    )
+    lost = _lost_jobs(old, now)
+    for step in old:
+        if step.pk in lost:
+            count += _send_again(step, lost[step.pk])
     return count
+
+
+def _lost_jobs(steps: list[Step], now) -> dict[int, str]:
+    """step id → why its RQ job will not run, for the steps whose job will not."""
+    from apps.executions.dispatch import ENDED, locate_jobs, rq_worker_hosts
+
+    places = locate_jobs({s.rq_job_id: s.queue for s in steps if s.rq_job_id})
+    started = {p.worker_name for p in places.values() if p.status == "started" and p.worker_name}
+    live = _live_rq_workers(rq_worker_hosts(started), now)
+    lost = {}
+    for step in steps:
+        place = places.get(step.rq_job_id)
+        if place is None or not place.exists:
+            lost[step.pk] = "its RQ job is gone (Redis lost it, or it was never sent)"
+        elif place.status in ENDED:
+            lost[step.pk] = f"its RQ job is {place.status} and never ran it"
+        elif place.listed or place.parked:
+            continue  # a worker will pop it, or RQ's scheduler will queue it
+        elif place.status == "started":
+            if place.worker_name in live:
+                continue  # running now: the step starts in a moment
+            lost[step.pk] = (
+                f"its RQ job was started by worker {place.worker_name or '?'}, which is gone"
+            )
+        elif place.taken:
+            lost[step.pk] = (
+                f"its RQ job is {place.status or 'queued'} but a worker took it from the queue "
+                "and never started it (the worker died)"
+            )
+        else:
+            lost[step.pk] = (
+                f"its RQ job is {place.status or 'queued'} but in no queue or registry (a worker "
+                "that died was handed it)"
+            )
+    return lost
+
+
+def _live_rq_workers(hosts: dict[str, str], now) -> set[str]:
+    """RQ workers (by name) that are alive: an agent by its heartbeat in the database; a
+    worker that is no agent (a burst worker) while RQ still lists it."""
+    names = {f"{host}/{worker}": worker for worker, host in hosts.items()}
+    agents = {a.name: a for a in Agent.objects.filter(name__in=names)}
+    return {
+        worker
+        for name, worker in names.items()
+        if name not in agents
+        or agents[name].display_state(now) in (AgentState.RUNNING, AgentState.STOPPING)
+    }
+
+
+def _send_again(step: Step, why: str) -> bool:
+    """A lost step goes through RQ again, under a new job id, and the log says why."""
+    from apps.executions.dispatch import discard_job
+
+    old_job = step.rq_job_id
+    if not step.new_rq_job():
+        return False  # it started or was cancelled meanwhile
+    try:
+        if old_job:
+            discard_job(old_job, step.queue)
+    except RedisError:
+        step.mark_unsent()  # Redis went away again: sent as soon as it answers
+        return False
+    if not engine.enqueue(step, engine.graph_for(step.execution.version)):
+        return False  # Redis is down again: still unsent, tried next tick
+    step.execution.log(
+        EventKind.NODE_DISPATCHED,
+        f"{step.node_id} re-enqueued: {why}",
+        node_id=step.node_id,
+        step=step,
+    )
+    return True
 
 
 MAX_INTERRUPTIONS = 3

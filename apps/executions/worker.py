@@ -133,11 +133,6 @@ class AgentWorker(SimpleWorker):
 
         name = self.agent_name
         Agent.register(name, self.queue_names(), socket.gethostname(), os.getpid())
-        if kwargs.get("with_scheduler") and self.forks_scheduler:
-            # RQ forks its scheduler next: the child must not share a database socket.
-            connection.close()
-            if hasattr(connection, "close_pool"):
-                connection.close_pool()  # PostgreSQL's pool: opened again on the first job
         HEARTBEAT.add(name, self.draining, self.running_steps)
         try:
             return super().work(False, *args, **kwargs)
@@ -147,6 +142,31 @@ class AgentWorker(SimpleWorker):
                 Agent.mark_stopped(name)  # a step left running now is interrupted at once
             except DatabaseError:
                 logger.warning("could not record that agent %s stopped", name, exc_info=True)
+
+    def _start_scheduler(self, *args, **kwargs):
+        """`--with-scheduler`: RQ forks its scheduler here (and again in maintenance, below,
+        if it died)."""
+        self._close_sockets_before_fork()
+        return super()._start_scheduler(*args, **kwargs)
+
+    def run_maintenance_tasks(self):
+        if self.forks_scheduler and self.scheduler is not None:
+            self._close_sockets_before_fork()  # the scheduler may be forked again first thing
+        return super().run_maintenance_tasks()
+
+    def _close_sockets_before_fork(self) -> None:
+        """A forked child inherits its parent's open sockets. Had RQ's scheduler child kept this
+        worker's Redis connection, a kill -9 of the worker alone would leave that connection
+        open, and Redis would go on handing jobs to the dead worker's BLPOP: each one lost
+        without a trace. The child must not share a database socket either. So both are closed
+        just before the fork (RQ's scheduler opens its own); the worker reconnects on its next
+        command. Idle Redis connections only: the pubsub thread's carries no jobs."""
+        if not self.forks_scheduler:
+            return
+        self.connection.connection_pool.disconnect(inuse_connections=False)
+        connection.close()
+        if hasattr(connection, "close_pool"):
+            connection.close_pool()  # PostgreSQL's pool: opened again on the first job
 
     def handle_warm_shutdown_request(self):
         super().handle_warm_shutdown_request()

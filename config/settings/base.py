@@ -159,8 +159,11 @@ if OPSFLOW_AGENT_TIMEOUT < 2 * OPSFLOW_HEARTBEAT_SECONDS:
     )
 # The scheduler leader renews its lock every second; a standby takes over this long after it dies.
 OPSFLOW_SCHEDULER_LEADER_TTL = env_int("OPSFLOW_SCHEDULER_LEADER_TTL", 15, minimum=2)
-# A dispatched step with no RQ job for this long is re-enqueued (Redis lost it).
+# A dispatched step that no RQ job will run (Redis lost the job, a dead worker took it) is
+# enqueued again after this long; one whose enqueue failed (Redis down) as soon as Redis answers.
 OPSFLOW_LOST_DISPATCH_AFTER = env_int("OPSFLOW_LOST_DISPATCH_AFTER", 30, minimum=1)
+# Seconds a command of the web, the scheduler or an enqueue may wait for Redis.
+OPSFLOW_REDIS_TIMEOUT = env_int("OPSFLOW_REDIS_TIMEOUT", 5, minimum=1)
 OPSFLOW_BASE_URL = env_str("OPSFLOW_BASE_URL", "http://127.0.0.1:8000")
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import pytest
 from django.db import InterfaceError, OperationalError, connections
 from django.utils import timezone
+from rq import Queue
 from rq.job import Job
 
 from apps.executions import services
@@ -33,6 +34,7 @@ from apps.executions.scheduler import LEADER_KEY
 from apps.workflows.models import Workflow
 from tests.e2e.conftest import Processes, needs_services
 from tests.e2e.test_multiprocess import create_and_publish, wait_for
+from tests.factories import chain_definition
 
 pytestmark = [needs_services, pytest.mark.multiprocess]
 
@@ -233,6 +235,41 @@ def test_a_worker_killed_mid_step_is_detected_by_heartbeat_and_the_step_reruns_e
     assert order == sorted(order), events
     assert events[-1]["kind"] == EventKind.EXECUTION_COMPLETED
     assert events[order[1]]["data"] == {"agent": agent_a.name, "interruptions": 1}
+
+
+def test_a_job_enqueued_after_a_worker_alone_is_killed_stays_in_its_queue(
+    api, processes, redis_conn
+):
+    """Regression (issue 16): RQ's forked scheduler child inherited the worker's Redis socket.
+    With the worker killed and the child alive, Redis still saw the dead worker blocked in
+    BLPOP and handed it the next job: gone from the list, its hash `queued`, never run."""
+    worker = processes.worker(**FAST)
+    wait_for_agents(worker)
+
+    db = redis_conn.connection_pool.connection_kwargs.get("db", 0)
+
+    def blocked() -> bool:  # on this test's Redis database (others may be in use meanwhile)
+        return any(
+            c.get("cmd") in ("blpop", "blmove") and int(c["db"]) == db
+            for c in redis_conn.client_list()
+        )
+
+    wait_until(blocked, 20, "the worker to block on its queues")
+    children = descendants(worker.pid)
+    assert children, "the worker forked no RQ scheduler child"
+    worker.kill()  # the worker alone: its scheduler child lives on
+    worker.wait(timeout=10)
+    try:
+        create_and_publish(api, chain_definition("after-kill", 1))
+        execution_id = api.post("/workflows/after-kill/trigger/", json={}).json()["id"]
+        step = Step.objects.get(execution_id=execution_id)
+        # A blocked client would have been handed the job by the very push: no wait needed.
+        assert Queue(step.queue, connection=redis_conn).get_job_ids() == [step.rq_job_id]
+        assert not blocked()
+    finally:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
 
 
 # --- 2. Redis loses every job while 20 executions are in flight ---
