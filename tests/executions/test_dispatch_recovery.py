@@ -201,10 +201,9 @@ def test_a_job_started_by_a_live_agent_is_left_to_it(org, redis_conn):
 # --- Redis down when a step is dispatched -----------------------------------------------------
 
 
-@pytest.fixture
-def redis_down(monkeypatch):
-    """Every enqueue fails as it does when Redis is stopped (connection refused)."""
-    calls = []
+def redis_down(monkeypatch) -> list:
+    """From now on every enqueue fails as it does when Redis is stopped (connection refused)."""
+    calls: list = []
 
     def refused(*args, **kwargs):
         calls.append(args)
@@ -215,10 +214,11 @@ def redis_down(monkeypatch):
 
 
 def test_a_trigger_answers_201_when_its_enqueue_fails_and_the_step_is_sent_when_redis_answers(
-    org, workers, redis_conn, redis_down, api_for, monkeypatch
+    org, workers, redis_conn, api_for, monkeypatch
 ):
     make_workflow(org, chain_definition("outage", 2))
     editor = make_user("ed", org, Role.EDITOR)
+    refused = redis_down(monkeypatch)
 
     api = api_for(editor)
     api.raise_request_exception = False  # a 500 is an answer here, not an exception
@@ -227,7 +227,7 @@ def test_a_trigger_answers_201_when_its_enqueue_fails_and_the_step_is_sent_when_
     assert response.status_code == 201, response.content
     execution = Execution.objects.get(pk=response.json()["id"])
     step = entry_step(execution)
-    assert redis_down and step.status == StepStatus.DISPATCHED and step.unsent_since is not None
+    assert refused and step.status == StepStatus.DISPATCHED and step.unsent_since is not None
     assert Client().get("/readyz").json()["unsent_steps"] == 1
 
     monkeypatch.undo()  # Redis answers again
@@ -257,6 +257,72 @@ def test_a_successor_whose_enqueue_fails_in_the_worker_waits_unsent_instead_of_f
     assert reconcile_lost_dispatches() == 1
     workers.run_to_end(execution)
     assert ran_once_each(execution, 2)
+
+
+def _sent_when_redis_answers(monkeypatch, workers, execution: Execution) -> Execution:
+    """The steps waiting unsent go as soon as Redis answers, and the run ends completed."""
+    waiting = Step.objects.filter(execution=execution, unsent_since__isnull=False).count()
+    assert waiting >= 1
+    monkeypatch.undo()
+    assert services.send_unsent_steps() == waiting
+    return workers.run_to_end(execution)
+
+
+def test_a_retrigger_answers_201_with_redis_down(org, operator, workers, api_for, monkeypatch):
+    first = workers.run_to_end(trigger_workflow(make_workflow(org, chain_definition("again", 2))))
+    redis_down(monkeypatch)
+
+    response = api_for(operator).post(f"/api/v1/executions/{first.pk}/retrigger/")
+
+    assert response.status_code == 201, response.content
+    again = Execution.objects.get(pk=response.json()["id"])
+    assert _sent_when_redis_answers(monkeypatch, workers, again).status == "completed"
+    assert ran_once_each(again, 2)
+
+
+def test_an_approval_answers_200_with_redis_down_and_the_run_goes_on(
+    org, operator, workers, api_for, monkeypatch
+):
+    from apps.approvals.models import Approval
+    from tests.approvals.test_api_and_web import gate_definition
+
+    execution = trigger_workflow(make_workflow(org, gate_definition("gate", ["operator"])))
+    workers.drain()
+    approval = Approval.objects.get(execution=execution)
+    redis_down(monkeypatch)
+
+    response = api_for(operator).post(
+        f"/api/v1/approvals/{approval.pk}/approve/", {}, format="json"
+    )
+
+    assert response.status_code == 200, response.content
+    execution = _sent_when_redis_answers(monkeypatch, workers, execution)
+    assert execution.status == ExecutionStatus.COMPLETED
+    assert execution.steps.get(node_id="restart").status == StepStatus.COMPLETED
+
+
+def test_a_resume_of_an_incomplete_execution_answers_200_with_redis_down(
+    org, operator, workers, api_for, monkeypatch, tmp_path
+):
+    from tests.executions.test_failure_api import check_definition
+
+    flag = tmp_path / "flag"
+    workflow = make_workflow(org, check_definition("resume"))
+    execution = trigger_workflow(workflow, variables={"flag": str(flag)})
+    workers.drain()
+    execution.refresh_from_db()
+    assert execution.status == ExecutionStatus.INCOMPLETE
+    flag.touch()
+    redis_down(monkeypatch)
+
+    record = execution.incomplete_records.get()
+    response = api_for(operator).post(
+        f"/api/v1/incomplete-executions/{record.pk}/retry/", {}, format="json"
+    )
+
+    assert response.status_code == 200, response.content
+    execution = _sent_when_redis_answers(monkeypatch, workers, execution)
+    assert execution.status == ExecutionStatus.COMPLETED
 
 
 # --- a real Redis outage, on a redis-server of the test's own ---------------------------------
