@@ -12,6 +12,7 @@ successors itself (they go through Redis to other agents) and shows as `stopping
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import os
@@ -22,7 +23,9 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection
+from redis.exceptions import RedisError
 from rq import SimpleWorker
+from rq.exceptions import StopRequested
 from rq.timeouts import TimerDeathPenalty
 
 logger = logging.getLogger(__name__)
@@ -135,13 +138,60 @@ class AgentWorker(SimpleWorker):
         Agent.register(name, self.queue_names(), socket.gethostname(), os.getpid())
         HEARTBEAT.add(name, self.draining, self.running_steps)
         try:
-            return super().work(False, *args, **kwargs)
+            return self._work_through_outages(*args, **kwargs)
         finally:
             HEARTBEAT.remove(name)
             try:
                 Agent.mark_stopped(name)  # a step left running now is interrupted at once
             except DatabaseError:
                 logger.warning("could not record that agent %s stopped", name, exc_info=True)
+
+    def _work_through_outages(self, *args, **kwargs) -> bool:
+        """RQ's work loop, started again whenever it quits without being asked to.
+
+        RQ rides out a Redis outage while it waits for a job, but quits when Redis goes away
+        during a job's bookkeeping ("found an unhandled exception, quitting"), or times out. An
+        agent that quit would leave its runs waiting for a supervisor; this one keeps its
+        heartbeat, waits for Redis with a growing pause, and works again. Only a signal (warm or
+        cold shutdown) or --max-jobs / --max-idle-time end it.
+        """
+        worked, pause = False, 1.0
+        bounded = kwargs.get("max_jobs") is not None or kwargs.get("max_idle_time") is not None
+        while True:
+            started = time.monotonic()
+            try:
+                worked = super().work(False, *args, **kwargs) or worked
+            except RedisError as exc:  # the loop's own clean-up could not reach Redis
+                logger.warning("agent %s: Redis error ending its work loop: %s", self.name, exc)
+            if bounded or self._stop_requested or self._shutdown_requested_date:
+                return worked
+            if time.monotonic() - started > 60:
+                pause = 1.0  # it had worked for a while: a new outage starts the pauses afresh
+            logger.error(
+                "agent %s: RQ's work loop quit (Redis unreachable?); working again in %.0fs",
+                self.name,
+                pause,
+            )
+            try:
+                time.sleep(pause)
+            except StopRequested:  # a warm shutdown signal while it waited
+                return worked
+            pause = min(pause * 2, 30.0)
+            self._forget_previous_loop()
+
+    def _forget_previous_loop(self) -> None:
+        """What RQ's teardown may have left when Redis was down, so that the next loop can
+        register this worker again (RQ refuses a name that is alive) and subscribe once."""
+        with contextlib.suppress(RedisError):
+            self.register_death()
+        if self.pubsub_thread is not None:
+            self.pubsub_thread.stop()
+            self.pubsub_thread.join(timeout=1)
+            self.pubsub_thread = None
+        if self.pubsub is not None:
+            with contextlib.suppress(Exception):
+                self.pubsub.close()
+            self.pubsub = None
 
     def _start_scheduler(self, *args, **kwargs):
         """`--with-scheduler`: RQ forks its scheduler here (and again in maintenance, below,

@@ -272,6 +272,68 @@ def test_a_job_enqueued_after_a_worker_alone_is_killed_stays_in_its_queue(
                 os.kill(child, signal.SIGKILL)
 
 
+def test_a_redis_outage_mid_step_keeps_the_worker_and_loses_no_run(
+    api, processes, settings, tmp_path
+):
+    """Redis (a server of the test's own) dies while a real worker runs a step and comes back
+    empty. Webhooks and triggers meanwhile answer 202/201; the worker process rides it out
+    (RQ alone quits: "found an unhandled exception"); every run completes, each node once."""
+    from django.test import Client
+
+    from apps.executions import dispatch
+    from tests.redis_server import OwnRedis
+
+    if not shutil.which("redis-server"):
+        pytest.skip("needs the redis-server program")
+    own = OwnRedis(tmp_path)
+    own.start()
+    settings.REDIS_URL = own.url  # this process (the live server) and the ones it starts
+    dispatch.reset_connection()
+    try:
+        processes.start("run_scheduler", **FAST)
+        worker = processes.worker(**FAST)
+        wait_for_agents(worker)
+        create_and_publish(api, slow_then_after("outage", "sleep 2; echo done"))
+        key = Workflow.objects.get(slug="outage").webhook_key
+        first = api.post("/workflows/outage/trigger/", json={}).json()["id"]
+        running_step(first, "slow")
+
+        own.kill()
+        hooks = Client(raise_request_exception=False)
+        answers = [
+            hooks.post(f"/hooks/{key}/", {"variables": {}}, content_type="application/json")
+            for _ in range(3)
+        ]
+        answers.append(api.post("/workflows/outage/trigger/", json={}))
+        assert [a.status_code for a in answers] == [202, 202, 202, 201]
+        ids = [first, *(a.json()["execution"] for a in answers[:3]), answers[3].json()["id"]]
+        wait_until(
+            lambda: Step.objects.filter(execution_id=first, node_id="slow", status="completed"),
+            20,
+            "the step that was running to be recorded",
+        )
+        own.start()  # back, and empty
+
+        wait_until(
+            lambda: Execution.objects.filter(pk__in=ids, status__in=EXECUTION_TERMINAL).count()
+            == len(ids),
+            60,
+            "every run to finish after Redis came back",
+            every=0.3,
+        )
+        assert worker.poll() is None, "the worker quit during the outage"
+        for execution_id in ids:
+            assert attempts(execution_id) == [
+                ("after", 1, "completed"),
+                ("slow", 1, "completed"),
+            ], execution_id
+        assert Execution.objects.count() == len(ids)
+    finally:
+        processes.stop()
+        own.kill()
+        dispatch.reset_connection()
+
+
 # --- 2. Redis loses every job while 20 executions are in flight ---
 
 

@@ -11,9 +11,6 @@ redis-server of its own, kills it and starts it again; never the machine's.
 from __future__ import annotations
 
 import shutil
-import signal
-import socket
-import subprocess
 import time
 from datetime import timedelta
 
@@ -33,6 +30,7 @@ from apps.executions.models import Agent, Execution, Step
 from apps.executions.services import reconcile_lost_dispatches, trigger_workflow
 from tests.conftest import WorkerDriver
 from tests.factories import chain_definition, make_user, make_workflow
+from tests.redis_server import OwnRedis
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -326,60 +324,6 @@ def test_a_resume_of_an_incomplete_execution_answers_200_with_redis_down(
 
 
 # --- a real Redis outage, on a redis-server of the test's own ---------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class OwnRedis:
-    """A redis-server on a free loopback port, started and killed by the test."""
-
-    def __init__(self, tmp_path) -> None:
-        self.port = _free_port()
-        self.tmp_path = tmp_path
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                shutil.which("redis-server") or "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.tmp_path),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(timeout=10)
-            self.process = None
 
 
 @pytest.fixture
