@@ -18,6 +18,7 @@ import uuid
 
 from django.conf import settings
 from django.db import close_old_connections
+from redis.exceptions import RedisError
 
 from apps.executions.dispatch import get_connection
 
@@ -73,8 +74,11 @@ class SchedulerLoop:
     def release(self) -> None:
         if self.is_leader:
             connection = get_connection()
-            if connection.get(LEADER_KEY) == self.token.encode():
-                connection.delete(LEADER_KEY)
+            try:
+                if connection.get(LEADER_KEY) == self.token.encode():
+                    connection.delete(LEADER_KEY)
+            except RedisError:  # Redis is down: the lock expires by itself
+                logger.warning("scheduler %s could not release the leader lock", self.token[:8])
             self.is_leader = False
 
     def tick(self) -> None:
@@ -149,11 +153,21 @@ class SchedulerLoop:
         self._rq_scheduler.enqueue_scheduled_jobs()
 
     def run(self, stop: threading.Event) -> None:
+        redis_down = False
         try:
             while not stop.is_set():
                 try:
                     if self.acquire_or_renew():
                         self.tick()
+                    if redis_down:
+                        logger.warning("scheduler %s: Redis answers again", self.token[:8])
+                        redis_down = False
+                except RedisError as exc:  # an outage: one warning, not a traceback a second
+                    if not redis_down:
+                        logger.warning(
+                            "scheduler %s: Redis unreachable (%s); waiting", self.token[:8], exc
+                        )
+                        redis_down = True
                 except Exception:  # keep the loop alive; the next tick retries
                     logger.exception("scheduler tick failed")
                 finally:
