@@ -881,10 +881,27 @@ def reconcile_lost_dispatches(now=None) -> int:
         .order_by("created_at")[:500]
     )
     lost = _lost_jobs(old, now)
+    if lost:
+        # A worker that has just popped a job takes a few milliseconds to mark it started: in
+        # that moment the job is in no list and looks lost. Look again a moment later; only a
+        # job lost both times is sent again (a duplicate would still run the step once, but its
+        # log would say a worker died, and RQ would record the deleted job as failed).
+        time.sleep(LOST_CONFIRM_SECONDS)
+        suspects = [s for s in old if s.pk in lost]
+        still = set(
+            Step.objects.filter(
+                pk__in=[s.pk for s in suspects], status=StepStatus.DISPATCHED
+            ).values_list("pk", flat=True)
+        )
+        again = _lost_jobs([s for s in suspects if s.pk in still], now)
+        lost = {pk: why for pk, why in lost.items() if pk in again}
     for step in old:
         if step.pk in lost:
             count += _send_again(step, lost[step.pk])
     return count
+
+
+LOST_CONFIRM_SECONDS = 0.2
 
 
 def _lost_jobs(steps: list[Step], now) -> dict[int, str]:

@@ -315,8 +315,10 @@ def test_a_redis_outage_mid_step_keeps_the_worker_and_loses_no_run(
         own.start()  # back, and empty
 
         wait_until(
-            lambda: Execution.objects.filter(pk__in=ids, status__in=EXECUTION_TERMINAL).count()
-            == len(ids),
+            lambda: (
+                Execution.objects.filter(pk__in=ids, status__in=EXECUTION_TERMINAL).count()
+                == len(ids)
+            ),
             60,
             "every run to finish after Redis came back",
             every=0.3,

@@ -196,6 +196,31 @@ def test_a_job_started_by_a_live_agent_is_left_to_it(org, redis_conn):
     assert re_enqueued(execution) == []
 
 
+def test_a_job_a_live_worker_takes_while_the_reconciler_looks_is_not_sent_again(
+    org, redis_conn, monkeypatch
+):
+    """Popped but not yet started looks lost for a few milliseconds: the second look sees the
+    live worker's started job, and nothing is re-enqueued or deleted under it."""
+    execution = trigger_workflow(make_workflow(org, chain_definition("race", 2)))
+    step = entry_step(execution)
+    queue = Queue(step.queue, connection=redis_conn)
+    worker = Worker([step.queue], connection=redis_conn, name="quick")
+    worker.register_birth()
+    Agent.register(f"{worker.hostname}/quick", [step.queue], worker.hostname, 1)
+    job, _ = Queue.dequeue_any([queue], None, redis_conn)  # popped: in no list, still `queued`
+
+    def meanwhile(seconds):  # the worker marks it started between the two looks
+        worker.prepare_job_execution(job)
+
+    monkeypatch.setattr(services.time, "sleep", meanwhile)
+    now = later()
+    Agent.objects.update(last_heartbeat_at=now)
+
+    assert reconcile_lost_dispatches(now=now) == 0
+    assert re_enqueued(execution) == []
+    assert Job.fetch(step.rq_job_id, connection=redis_conn).get_status() == "started"
+
+
 # --- Redis down when a step is dispatched -----------------------------------------------------
 
 
