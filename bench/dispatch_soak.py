@@ -609,23 +609,12 @@ def cleanup_job_leftovers(conn, queues: tuple[str, ...]) -> None:
     a killed worker's abandoned job, a job discarded while a worker ran it), the execution
     hashes of jobs the soak's workers started, and the killed workers' entries in RQ's set of
     all workers."""
-    from rq.registry import (
-        CanceledJobRegistry,
-        DeferredJobRegistry,
-        FailedJobRegistry,
-        FinishedJobRegistry,
-        ScheduledJobRegistry,
-        StartedJobRegistry,
-    )
+    from rq import registry as rq_registry
 
-    registries = (
-        CanceledJobRegistry,
-        DeferredJobRegistry,
-        FailedJobRegistry,
-        FinishedJobRegistry,
-        ScheduledJobRegistry,
-        StartedJobRegistry,
-    )
+    registries = [
+        getattr(rq_registry, f"{kind}JobRegistry")
+        for kind in ("Canceled", "Deferred", "Failed", "Finished", "Scheduled", "Started")
+    ]
     job_ids = {
         job_id.decode().split(":")[0]  # a started entry is "<job id>:<execution id>"
         for queue in queues
