@@ -906,10 +906,14 @@ LOST_CONFIRM_SECONDS = 0.2
 
 def _lost_jobs(steps: list[Step], now) -> dict[int, str]:
     """step id → why its RQ job will not run, for the steps whose job will not."""
+    from rq.job import JobStatus
+
     from apps.executions.dispatch import ENDED, locate_jobs, rq_worker_hosts
 
     places = locate_jobs({s.rq_job_id: s.queue for s in steps if s.rq_job_id})
-    started = {p.worker_name for p in places.values() if p.status == "started" and p.worker_name}
+    started = {
+        p.worker_name for p in places.values() if p.status == JobStatus.STARTED and p.worker_name
+    }
     live = _live_rq_workers(rq_worker_hosts(started), now)
     lost = {}
     for step in steps:
@@ -920,7 +924,7 @@ def _lost_jobs(steps: list[Step], now) -> dict[int, str]:
             lost[step.pk] = f"its RQ job is {place.status} and never ran it"
         elif place.listed or place.parked:
             continue  # a worker will pop it, or RQ's scheduler will queue it
-        elif place.status == "started":
+        elif place.status == JobStatus.STARTED:
             if place.worker_name in live:
                 continue  # running now: the step starts in a moment
             lost[step.pk] = (
