@@ -112,3 +112,24 @@ def test_readyz_answers_503_when_redis_is_unreachable(redis_conn, monkeypatch):
     assert body["checks"] == {"database": True, "redis": False}
     assert body["down"] == ["redis"]
     assert "127.0.0.1" not in response.content.decode()  # where Redis lives stays in the log
+
+
+@pytest.mark.django_db
+def test_readyz_names_the_database_when_it_is_the_store_that_is_down(redis_conn, monkeypatch):
+    from django.db import OperationalError
+
+    from apps.executions import views
+
+    class Down:
+        def cursor(self):
+            raise OperationalError("connection refused")
+
+    monkeypatch.setattr(views, "connection", Down())
+
+    response = Client().get("/readyz")
+
+    assert response.status_code == 503, response.content
+    body = response.json()
+    assert body["checks"] == {"database": False, "redis": True}
+    assert body["down"] == ["database"]
+    assert body["unsent_steps"] is None  # unknown without the database
