@@ -301,6 +301,7 @@ class _Validator:
                 for key, message in REGISTRY[node_type].check_config(config):
                     self.add(f"{path}.config.{key}", message)
             known_type = isinstance(node_type, str) and node_type in REGISTRY
+            allowed = REGISTRY[node_type].allowed_queues() if known_type else None
             raw_keys = REGISTRY[node_type].raw_keys if known_type else frozenset()
             for sub, text in iter_template_strings(
                 {k: v for k, v in config.items() if k not in raw_keys}
@@ -312,7 +313,7 @@ class _Validator:
                 "id": node_id,
                 "type": node_type,
                 "config": config,
-                "queue": node.get("queue", "default"),
+                "queue": node.get("queue", allowed[0] if allowed else "default"),
                 "timeout": node.get("timeout"),
                 "retry": self.retry(node.get("retry"), f"{path}.retry"),
                 "on_error": node.get("on_error", OnError.FAIL.value),
@@ -322,6 +323,12 @@ class _Validator:
                 normalized["name"] = node["name"]
             if not isinstance(normalized["queue"], str) or not QUEUE_RE.match(normalized["queue"]):
                 self.add(f"{path}.queue", "must be a queue name (letters, digits, . _ -)")
+            elif allowed is not None and normalized["queue"] not in allowed:
+                self.add(
+                    f"{path}.queue",
+                    f"{node_type} runs only on {', '.join(allowed)} (OPSFLOW_SHELL_QUEUES, the "
+                    f"agents trusted with commands), not on {normalized['queue']!r}",
+                )
             timeout = normalized["timeout"]
             if timeout is not None and (not _is_number(timeout) or timeout <= 0 or timeout > 86400):
                 self.add(f"{path}.timeout", "must be a number of seconds between 0 and 86400")

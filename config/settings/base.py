@@ -162,6 +162,14 @@ OPSFLOW_SCHEDULER_LEADER_TTL = env_int("OPSFLOW_SCHEDULER_LEADER_TTL", 15, minim
 # A dispatched step that no RQ job will run (Redis lost the job, a dead worker took it) is
 # enqueued again after this long; one whose enqueue failed (Redis down) as soon as Redis answers.
 OPSFLOW_LOST_DISPATCH_AFTER = env_int("OPSFLOW_LOST_DISPATCH_AFTER", 30, minimum=1)
+# Shell nodes: the queues they may run on (the first is their default), the worker's
+# environment variables they may see besides PATH, HOME and LANG, and the unprivileged user they
+# run as when the worker is root (unset: the worker's own user).
+OPSFLOW_SHELL_QUEUES = env_list("OPSFLOW_SHELL_QUEUES", ["shell"])
+if not OPSFLOW_SHELL_QUEUES:
+    raise ImproperlyConfigured("OPSFLOW_SHELL_QUEUES must name at least one queue.")
+OPSFLOW_SHELL_ENV_PASSTHROUGH = env_list("OPSFLOW_SHELL_ENV_PASSTHROUGH", [])
+OPSFLOW_SHELL_USER = env_str("OPSFLOW_SHELL_USER", "")
 # Seconds a command of the web, the scheduler or an enqueue may wait for Redis.
 OPSFLOW_REDIS_TIMEOUT = env_int("OPSFLOW_REDIS_TIMEOUT", 5, minimum=1)
 OPSFLOW_BASE_URL = env_str("OPSFLOW_BASE_URL", "http://127.0.0.1:8000")

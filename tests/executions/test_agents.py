@@ -433,7 +433,7 @@ def test_a_worker_reports_the_step_it_runs_in_its_heartbeat(org, redis_conn, set
         "config": {"command": ["sleep", "2.5"]},
     }
     execution = trigger_workflow(make_workflow(org, definition))
-    worker = ThreadAgentWorker(["default"], connection=redis_conn, name="reporting")
+    worker = ThreadAgentWorker(["shell"], connection=redis_conn, name="reporting")
     thread = threading.Thread(target=worker.work, kwargs={"max_idle_time": 2}, daemon=True)
     thread.start()
     step = execution.steps.get()

@@ -92,18 +92,24 @@ def noop(node_id: str, output: dict[str, Any] | None = None, **extra) -> dict[st
     return node
 
 
-def shell(node_id: str, script: str, **extra) -> dict[str, Any]:
-    return {"id": node_id, "type": "shell.command", "config": {"script": script}, **extra}
+FLAG = {"FLAG": "{{ vars.flag }}"}  # scripts read values from env, never from templates
 
 
-def flag_checked(slug: str, script: str = "test -f {{ vars.flag }}", **settings) -> dict:
+def shell(node_id: str, script: str, env: dict | None = None, **extra) -> dict[str, Any]:
+    config: dict[str, Any] = {"script": script}
+    if env:
+        config["env"] = env
+    return {"id": node_id, "type": "shell.command", "config": config, **extra}
+
+
+def flag_checked(slug: str, script: str = 'test -f "$FLAG"', env: dict = FLAG, **settings) -> dict:
     """start → check → after: `check` fails (UnexpectedError) until the flag file exists, and
     `after` maps check's stdout."""
     return definition(
         slug,
         [
             noop("start", {"word": "hello"}),
-            shell("check", script),
+            shell("check", script, env),
             noop("after", {"out": "{{ nodes.check.output.stdout }}"}),
         ],
         [("start", "check"), ("check", "after")],
@@ -222,7 +228,11 @@ def test_it_stores_an_incomplete_execution_with_blueprint_bundles_and_size(org, 
                     "config": {"values": {"greeting": "{{ nodes.start.output.word }} world"}},
                 },
                 noop("side", {"x": 1}),
-                shell("check", "test -f {{ vars.flag }} && echo {{ vars.greeting }}"),
+                shell(
+                    "check",
+                    'test -f "$FLAG" && echo "$GREETING"',
+                    {**FLAG, "GREETING": "{{ vars.greeting }}"},
+                ),
             ],
             [("start", "setv"), ("setv", "check"), ("start", "side")],
         ),
@@ -232,7 +242,10 @@ def test_it_stores_an_incomplete_execution_with_blueprint_bundles_and_size(org, 
 
     check = execution.steps.get(node_id="check")
     assert check.status == StepStatus.FAILED
-    assert check.input == {"script": f"test -f {flag} && echo hello world"}
+    assert check.input == {
+        "script": 'test -f "$FLAG" && echo "$GREETING"',
+        "env": {"FLAG": str(flag), "GREETING": "hello world"},
+    }
     assert record.node_id == "check"
     assert record.error_type == "UnexpectedError"
     assert record.error_message == "Command exited with status 1"
@@ -266,7 +279,7 @@ def test_it_stores_an_incomplete_execution_with_blueprint_bundles_and_size(org, 
 
 def test_an_entry_node_failure_fails_the_run_without_storing(org, workers, tmp_path):
     workflow = make_workflow(
-        org, definition("entry-fails", [shell("check", "test -f {{ vars.flag }}")], [])
+        org, definition("entry-fails", [shell("check", 'test -f "$FLAG"', FLAG)], [])
     )
 
     execution = settle(workers, trigger_workflow(workflow, variables={"flag": str(tmp_path / "f")}))
@@ -412,7 +425,10 @@ def test_retrying_with_an_edited_input_resumes_the_same_execution_from_the_faile
         retry_incomplete(record)
 
 
-def test_resuming_runs_the_branches_that_were_stopped_with_the_failed_node(org, workers, tmp_path):
+def test_resuming_runs_the_branches_that_were_stopped_with_the_failed_node(
+    org, workers, tmp_path, settings
+):
+    settings.OPSFLOW_SHELL_QUEUES = ["default", "shell"]  # `check` on the first queue served
     flag = tmp_path / "flag"
     workflow = make_workflow(
         org,
@@ -420,7 +436,7 @@ def test_resuming_runs_the_branches_that_were_stopped_with_the_failed_node(org, 
             "resolve-branches",
             [
                 noop("start"),
-                shell("check", "test -f {{ vars.flag }}"),
+                shell("check", 'test -f "$FLAG"', FLAG, queue="default"),
                 # on the lower-priority queue, so `check` fails before `side` is picked up
                 noop("side", {"x": 1}, queue="shell"),
                 noop("side_after"),
@@ -463,7 +479,8 @@ def test_retrying_with_edited_bundles_renders_the_new_attempt_from_them(org, wor
         org,
         flag_checked(
             "resolve-bundles",
-            script="test -f {{ vars.flag }} && echo {{ nodes.start.output.word }}",
+            script='test -f "$FLAG" && echo "$WORD"',
+            env={**FLAG, "WORD": "{{ nodes.start.output.word }}"},
         ),
     )
     execution, record = stopped_incomplete(workers, workflow, tmp_path / "missing")
@@ -479,7 +496,10 @@ def test_retrying_with_edited_bundles_renders_the_new_attempt_from_them(org, wor
     assert execution.status == ExecutionStatus.COMPLETED
     retried = attempts_of(execution, "check")[-1]
     assert retried.attempt == 2
-    assert retried.input == {"script": f"test -f {other} && echo hi"}
+    assert retried.input == {
+        "script": 'test -f "$FLAG" && echo "$WORD"',
+        "env": {"FLAG": str(other), "WORD": "hi"},
+    }
     assert retried.output["stdout"] == "hi\n"
     assert [s.attempt for s in attempts_of(execution, "start")] == [1]
     record.refresh_from_db()
@@ -498,7 +518,10 @@ def test_retrying_on_the_current_version_runs_the_fixed_node_config(org, workers
     settle(workers, execution)
     assert execution.status == ExecutionStatus.INCOMPLETE
     assert execution.version.number == 1
-    assert attempts_of(execution, "check")[-1].input == {"script": f"test -f {tmp_path / 'flag'}"}
+    assert attempts_of(execution, "check")[-1].input == {
+        "script": 'test -f "$FLAG"',
+        "env": {"FLAG": str(tmp_path / "flag")},
+    }
 
     retry_incomplete(record, use_current_version=True)
     settle(workers, execution)
@@ -743,7 +766,7 @@ def test_a_step_of_a_completed_execution_cannot_be_marked_succeeded(
         org,
         definition(
             "mark-completed",
-            [noop("start"), shell("check", "test -f {{ vars.flag }}", on_error="continue")],
+            [noop("start"), shell("check", 'test -f "$FLAG"', FLAG, on_error="continue")],
             [("start", "check")],
         ),
     )

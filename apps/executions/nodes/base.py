@@ -40,6 +40,11 @@ class NodeType:
     outcomes: ClassVar[frozenset[str]] = frozenset({"success", "error"})
     # Config keys that are not rendered as templates before `run` (the node renders them itself).
     raw_keys: ClassVar[frozenset[str]] = frozenset()
+
+    def allowed_queues(self) -> list[str] | None:
+        """The only queues this type may run on (the first is its default); None: any."""
+        return None
+
     default_timeout: ClassVar[float | None] = None
     # Whether `fired()` reads the output (the engine then loads it to route the edges).
     fired_uses_output: ClassVar[bool] = False
