@@ -1,7 +1,9 @@
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import URLPattern, include, path
+from django_rq.urls import get_admin_urlpatterns, get_api_urlpatterns
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from apps.accounts.permissions import rq_dashboard
 from apps.executions.views import healthz, readyz
 from apps.workflows.webhooks import receive
 
@@ -18,12 +20,19 @@ api_v1 = [
     path("redoc/", SpectacularRedocView.as_view(url_name="schema"), name="api-redoc"),
 ]
 
+# RQ's dashboard crosses organizations: superusers only, and only with REDIS_URL (its JSON
+# stats too, which django-rq would open to a shared token).
+rq_urls = [
+    URLPattern(p.pattern, rq_dashboard(p.callback), p.default_args, p.name)
+    for p in get_api_urlpatterns()
+] + get_admin_urlpatterns(view_wrapper=rq_dashboard)
+
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
     path("api/v1/", include(api_v1)),
-    path("django-rq/", include("django_rq.urls")),
     path("approvals/", include("apps.approvals.urls")),
     path("hooks/<str:key>/", receive, name="webhook"),
+    path("django-rq/", include((rq_urls, "django_rq"))),
     path("", admin.site.urls),  # last: the admin's catch-all would shadow the routes above
 ]

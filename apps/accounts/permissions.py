@@ -35,3 +35,27 @@ def role_in(user, organization: Organization) -> str | None:
 def has_role(user, organization: Organization, role: str) -> bool:
     held = role_in(user, organization)
     return held is not None and ROLE_RANK[Role(held)] >= ROLE_RANK[Role(role)]
+
+
+def rq_dashboard(view):
+    """A view of RQ's dashboard: it shows every organization's jobs, so superusers only (others
+    get the login page when anonymous, 403 otherwise). The embedded default has none (404): its
+    queues live in the memory of the one process, where the dashboard cannot look."""
+    from functools import wraps
+
+    from django.conf import settings
+    from django.contrib.auth.views import redirect_to_login
+    from django.core.exceptions import PermissionDenied
+    from django.http import Http404
+
+    @wraps(view)
+    def checked(request, *args, **kwargs):
+        if not settings.REDIS_URL:
+            raise Http404("The RQ dashboard needs REDIS_URL; the embedded default has none.")
+        if not request.user.is_authenticated:
+            return redirect_to_login(request.get_full_path())
+        if not request.user.is_superuser:
+            raise PermissionDenied("The RQ dashboard shows every organization: superusers only.")
+        return view(request, *args, **kwargs)
+
+    return checked

@@ -281,6 +281,11 @@ class IncompleteExecutionAdmin(OrganizationScopedAdmin, admin.ModelAdmin):
     def has_add_permission(self, request):
         return False
 
+    def has_delete_permission(self, request, obj=None):
+        """Operators discard (a service, with its audit event); a hard delete would leave the
+        execution `incomplete` with no record. Superusers only (the delete view and action)."""
+        return request.user.is_superuser
+
     @admin.display(description="Record", ordering="id")
     def id_link(self, obj):
         return format_html('<a href="{}">#{}</a>', obj.get_absolute_url(), obj.pk)

@@ -133,6 +133,7 @@ RQ_QUEUES = {
 }
 # A plain `rqworker` (DESIGN §1's command) runs as an Opsflow agent: non-forking, with a heartbeat.
 RQ = {"COMMIT_MODE": "on_db_commit", "WORKER_CLASS": "apps.executions.worker.AgentWorker"}
+RQ_SHOW_ADMIN_LINK = False  # its admin copy would be open to all staff: /django-rq/ instead
 
 # --- Engine knobs ---
 OPSFLOW_OUTPUT_CAP_BYTES = env_int("OPSFLOW_OUTPUT_CAP_BYTES", 1024 * 1024, minimum=1024)

@@ -405,7 +405,7 @@ def test_every_execution_completes_after_redis_loses_all_dispatched_jobs(
         ]
     # It was the reconciler that brought each lost delay step back, once.
     reenqueued = ExecutionEvent.objects.filter(
-        execution_id__in=ids, kind=EventKind.NODE_DISPATCHED, message__contains="was lost"
+        execution_id__in=ids, kind=EventKind.NODE_DISPATCHED, message__contains="Redis lost it"
     )
     assert Counter(reenqueued.values_list("node_id", flat=True)) == {"wait": 20}
     assert sorted(reenqueued.values_list("execution_id", flat=True)) == sorted(ids)
