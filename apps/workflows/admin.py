@@ -63,17 +63,16 @@ class WorkflowAdmin(OrganizationScopedAdmin, admin.ModelAdmin):
         return self.inlines if obj is not None else []
 
     def get_fields(self, request, obj=None):
+        """The webhook path is the key that triggers the run: operators and up; the secret is
+        write-only and for editors (a viewer's read-only page would show it in clear)."""
         if obj is None:
             return ["organization", "definition"]
-        return [
-            "slug",
-            "published",
-            "is_active",
-            "inactive_reason",
-            "webhook_path",
-            "webhook_secret",
-            "definition",
-        ]
+        fields = ["slug", "published", "is_active", "inactive_reason"]
+        if has_role(request.user, obj.organization, CAN_EXECUTE):
+            fields.append("webhook_path")
+        if has_role(request.user, obj.organization, CAN_EDIT):
+            fields += ["webhook_secret", "remove_webhook_secret"]
+        return [*fields, "definition"]
 
     def get_form(self, request, obj=None, change=False, **kwargs):
         form_class = super().get_form(request, obj, change=change, **kwargs)

@@ -24,6 +24,18 @@ class WorkflowDefinitionForm(forms.ModelForm):
         help_text="The workflow definition document. Saving validates it completely; nothing is stored on errors.",
     )
 
+    webhook_secret = forms.CharField(
+        required=False,
+        max_length=200,
+        strip=False,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="Write-only: it is never shown again. When set, webhook calls must carry an "
+        "HMAC-SHA256 signature made with it. Leave blank to keep the current one.",
+    )
+    remove_webhook_secret = forms.BooleanField(
+        required=False, label="Remove the webhook secret (unsigned calls are accepted again)"
+    )
+
     class Meta:
         model = Workflow
         fields = ["organization", "is_active", "webhook_secret"]
@@ -51,6 +63,12 @@ class WorkflowDefinitionForm(forms.ModelForm):
         if self.instance.pk and definition["slug"] != self.instance.slug:
             raise forms.ValidationError(f"slug: cannot change the slug of {self.instance.slug!r}")
         return document  # stored as written; services normalize it again for versions
+
+    def clean_webhook_secret(self):
+        """Blank keeps the stored secret (the form never shows it); remove drops it."""
+        if self.data.get(self.add_prefix("remove_webhook_secret")):
+            return ""
+        return self.cleaned_data["webhook_secret"] or self.instance.webhook_secret
 
     def clean(self):
         cleaned = super().clean()

@@ -1,6 +1,8 @@
 from django.conf import settings
 from rest_framework import serializers
 
+from apps.accounts.choices import CAN_EXECUTE
+from apps.accounts.permissions import has_role
 from apps.workflows.models import Workflow, WorkflowVersion
 
 
@@ -39,10 +41,13 @@ class WorkflowSerializer(serializers.ModelSerializer):
     def get_settings(self, obj) -> dict:
         return obj.effective_definition.get("settings", {})
 
-    def get_webhook_url(self, obj) -> str:
-        path = f"/hooks/{obj.webhook_key}/"
+    def get_webhook_url(self, obj) -> str | None:
+        """The URL is the key that triggers the workflow: null for those who may not trigger it
+        (viewers)."""
         request = self.context.get("request")
-        return request.build_absolute_uri(path) if request else settings.OPSFLOW_BASE_URL + path
+        if request is None or not has_role(request.user, obj.organization, CAN_EXECUTE):
+            return None
+        return request.build_absolute_uri(f"/hooks/{obj.webhook_key}/")
 
 
 class WorkflowPatchSerializer(serializers.ModelSerializer):
