@@ -116,11 +116,8 @@ def test_an_operator_resolves_an_incomplete_execution_with_an_edited_input(
                     "type": "shell.command",
                     "queue": "shell",
                     "config": {
-                        "command": [
-                            "sh",
-                            "-c",
-                            "echo pushing {{ nodes.prepare.output.version }}; exit 1",
-                        ]
+                        "command": ["sh", "-c", 'echo pushing "$VERSION"; exit 1'],
+                        "env": {"VERSION": "{{ nodes.prepare.output.version }}"},
                     },
                 },
                 {
