@@ -32,6 +32,11 @@ def role_in(user, organization: Organization) -> str | None:
     return membership.role if membership else None
 
 
+def is_member(user, organization: Organization) -> bool:
+    """A member of the organization, in any role (superusers count as members of all)."""
+    return role_in(user, organization) is not None
+
+
 def has_role(user, organization: Organization, role: str) -> bool:
     held = role_in(user, organization)
     return held is not None and ROLE_RANK[Role(held)] >= ROLE_RANK[Role(role)]

@@ -65,6 +65,14 @@ class Approval(models.Model):
         return [a.removeprefix("group:") for a in self.approvers if a.startswith("group:")]
 
     def is_assigned(self, user) -> bool:
+        """Named, or in a named group, and a member of the workflow's organization: a Django
+        group is global, so `group:sre` must never reach another organization's members. A
+        member named explicitly may decide whatever their role, a viewer included: naming them
+        is the grant."""
+        from apps.accounts.permissions import is_member
+
+        if not is_member(user, self.execution.workflow.organization):
+            return False
         if user.username in self.usernames:
             return True
         return Group.objects.filter(user=user, name__in=self.group_names).exists()

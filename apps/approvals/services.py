@@ -75,11 +75,13 @@ def open_approval(execution: Execution, step, config: dict[str, Any]) -> Approva
 def permitted_users(approval: Approval):
     """Who may respond: the assigned approvers, or every operator-or-above member when none."""
     users = get_user_model().objects.filter(is_active=True)
+    organization = approval.execution.workflow.organization
+    members = Membership.objects.filter(organization=organization)
+    in_organization = Q(pk__in=members.values("user_id")) | Q(is_superuser=True)
     allowed = Q(username__in=approval.usernames) | Q(groups__name__in=approval.group_names)
+    allowed &= in_organization  # a group is global: only this organization's members of it
     if approval.open_to_members:
-        organization = approval.execution.workflow.organization
-        members = Membership.objects.filter(organization=organization).at_least(CAN_EXECUTE)
-        allowed |= Q(pk__in=members.values("user_id"))
+        allowed |= Q(pk__in=members.at_least(CAN_EXECUTE).values("user_id"))
     return users.filter(allowed).distinct()
 
 
