@@ -7,6 +7,8 @@ from django.core import signing
 from django.shortcuts import render
 from django.views.decorators.http import require_http_methods
 
+from apps.accounts.choices import CAN_READ
+from apps.accounts.permissions import has_role
 from apps.approvals.choices import ApprovalStatus
 from apps.approvals.models import Approval
 from apps.approvals.notifications import read_token
@@ -51,6 +53,10 @@ def respond(request, token: str):
         "upstream": approval.execution.steps.filter(status="completed").order_by("finished_at")[
             :20
         ],
+        # The link works without a login, and outputs may hold anything: only someone logged
+        # in who may read the execution sees them (node names and statuses are shown to all).
+        "show_outputs": request.user.is_authenticated
+        and has_role(request.user, approval.execution.workflow.organization, CAN_READ),
     }
     if request.method == "POST":
         try:

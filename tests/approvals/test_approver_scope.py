@@ -69,3 +69,22 @@ def test_a_viewer_named_explicitly_may_decide(open_gate, viewer, api_for):
 
     assert response.status_code == 200, response.content
     assert response.json()["status"] == "approved"
+
+
+# --- what the emailed link shows ---------------------------------------------------------------
+
+
+def test_the_emailed_link_shows_no_upstream_output_without_a_login(open_gate, operator):
+    approval = open_gate(["operator"])
+    path = urlsplit(link(approval, operator, "approve")).path
+
+    anonymous = Client().get(path).content.decode()
+    member = Client()
+    member.force_login(operator)
+    logged_in = member.get(path).content.decode()
+
+    assert approval.message in anonymous and "check" in anonymous  # the message, the nodes
+    shown = "&#x27;host&#x27;: &#x27;web1&#x27;"  # `check`'s output {"host": "web1"}, as shown
+    assert shown not in anonymous
+    assert "Log in" in anonymous
+    assert shown in logged_in
