@@ -1,5 +1,6 @@
 """Settings shared by every environment. Everything configurable comes from the environment."""
 
+import ipaddress
 import re
 import secrets
 from pathlib import Path
@@ -171,6 +172,28 @@ if not OPSFLOW_SHELL_QUEUES:
     raise ImproperlyConfigured("OPSFLOW_SHELL_QUEUES must name at least one queue.")
 OPSFLOW_SHELL_ENV_PASSTHROUGH = env_list("OPSFLOW_SHELL_ENV_PASSTHROUGH", [])
 OPSFLOW_SHELL_USER = env_str("OPSFLOW_SHELL_USER", "")
+# http.request refuses these addresses, checked on every resolved address of every hop before
+# it connects: link-local by default (it holds the clouds' metadata services). With
+# OPSFLOW_HTTP_DENY_PRIVATE, loopback and the private ranges too.
+OPSFLOW_HTTP_DENY = env_list("OPSFLOW_HTTP_DENY", ["169.254.0.0/16", "fe80::/10"])
+OPSFLOW_HTTP_DENY_PRIVATE = env_bool("OPSFLOW_HTTP_DENY_PRIVATE", default=False)
+PRIVATE_NETWORKS = [
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "::1/128",
+    "fc00::/7",
+]
+try:
+    OPSFLOW_HTTP_DENY_NETWORKS = [
+        ipaddress.ip_network(n, strict=False)
+        for n in OPSFLOW_HTTP_DENY + (PRIVATE_NETWORKS if OPSFLOW_HTTP_DENY_PRIVATE else [])
+    ]
+except ValueError as exc:
+    raise ImproperlyConfigured(f"OPSFLOW_HTTP_DENY: {exc}") from None
 # Seconds a command of the web, the scheduler or an enqueue may wait for Redis.
 OPSFLOW_REDIS_TIMEOUT = env_int("OPSFLOW_REDIS_TIMEOUT", 5, minimum=1)
 OPSFLOW_BASE_URL = env_str("OPSFLOW_BASE_URL", "http://127.0.0.1:8000")

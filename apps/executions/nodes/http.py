@@ -1,13 +1,22 @@
-"""`http.request`: one httpx call, with the status-to-error mapping of DESIGN §5."""
+"""`http.request`: one httpx call, with the status-to-error mapping of DESIGN §5.
+
+Every connection, redirects included, goes through `GuardedBackend`: the host is resolved here,
+each address is checked against OPSFLOW_HTTP_DENY (link-local, i.e. cloud metadata, by default),
+and the socket is opened to the checked address itself, so a name that resolves differently a
+moment later (DNS rebinding) cannot slip past. TLS still verifies the name.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import socket
 import time
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+import httpcore
 import httpx
 from django.conf import settings
 
@@ -15,6 +24,66 @@ from apps.executions import errors
 from apps.executions.nodes.base import NodeContext, NodeType, Problem, cap_text, register
 
 METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}
+
+resolve = socket.getaddrinfo  # the one resolver: tests give it a stub
+
+
+class DeniedAddress(Exception):
+    """The host resolves to an address that OPSFLOW_HTTP_DENY refuses; nothing was sent."""
+
+
+def denied_network(address: str):
+    """The deny-list network that holds `address`, or None."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])  # fe80::1%eth0: the zone is no part
+    if ip.version == 6 and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped  # ::ffff:169.254.169.254 is 169.254.169.254
+    return next((n for n in settings.OPSFLOW_HTTP_DENY_NETWORKS if ip in n), None)
+
+
+class GuardedBackend(httpcore.NetworkBackend):
+    """Resolve, refuse a denied address, then connect to the very address that was checked."""
+
+    def __init__(self) -> None:
+        self._plain = httpcore.SyncBackend()
+
+    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        try:
+            found = resolve(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise httpcore.ConnectError(f"cannot resolve {host!r}: {exc}") from exc
+        addresses = list(dict.fromkeys(info[4][0] for info in found))
+        for address in addresses:
+            network = denied_network(address)
+            if network is not None:
+                raise DeniedAddress(
+                    f"host {host!r} resolves to {address}, in {network}, which OPSFLOW_HTTP_DENY "
+                    "refuses (link-local addresses hold cloud metadata services)"
+                )
+        last: Exception | None = None
+        for address in addresses:
+            try:
+                return self._plain.connect_tcp(
+                    address, port, timeout, local_address, socket_options
+                )
+            except httpcore.ConnectError as exc:
+                last = exc
+        raise last or httpcore.ConnectError(f"no address for {host!r}")
+
+    def sleep(self, seconds: float) -> None:
+        self._plain.sleep(seconds)
+
+
+def guarded_transport() -> httpx.HTTPTransport:
+    """httpx's transport with every connection made by GuardedBackend. Environment proxies are
+    not used: through a proxy the deny list could only see the proxy's address."""
+    transport = httpx.HTTPTransport(trust_env=False)
+    # httpx has no public hook for the network backend; its pool (httpcore) does.
+    transport._pool = httpcore.ConnectionPool(
+        ssl_context=httpx.create_ssl_context(trust_env=False),
+        max_connections=10,
+        network_backend=GuardedBackend(),
+    )
+    return transport
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -123,7 +192,10 @@ class HttpRequestNode(NodeType):
         try:
             with (
                 httpx.Client(
-                    timeout=timeout, follow_redirects=bool(config.get("follow_redirects", True))
+                    timeout=timeout,
+                    follow_redirects=bool(config.get("follow_redirects", True)),
+                    transport=guarded_transport(),
+                    trust_env=False,
                 ) as client,
                 client.stream(**request) as response,
             ):
@@ -132,6 +204,8 @@ class HttpRequestNode(NodeType):
             raise errors.ModuleTimeoutError(
                 f"HTTP request timed out after {timeout:g}s: {exc}"
             ) from exc
+        except DeniedAddress as exc:
+            raise errors.InvalidConfigurationError(f"Refused {url}: {exc}") from None
         except httpx.InvalidURL as exc:
             raise errors.InvalidConfigurationError(f"Invalid URL {url!r}: {exc}") from exc
         except httpx.TransportError as exc:
