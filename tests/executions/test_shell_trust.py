@@ -17,6 +17,7 @@ from django.test import Client
 from apps.executions import errors
 from apps.executions.choices import ExecutionStatus
 from apps.executions.models import Execution
+from apps.workflows.models import Workflow
 from tests.api_errors import error_of
 from tests.executions.test_nodes import run_node
 from tests.factories import make_workflow
@@ -36,6 +37,15 @@ def shell_workflow(slug: str, config: dict, **node) -> dict:
     }
 
 
+def refusal(client, definition: dict) -> dict:
+    """The one problem a 400 answer to creating `definition` lists; nothing is stored."""
+    response = client.post("/api/v1/workflows/", definition, format="json")
+    assert response.status_code == 400, response.content
+    (detail,) = error_of(response)["details"]
+    assert not Workflow.objects.filter(slug=definition["slug"]).exists()
+    return detail
+
+
 # --- no templates inside script -------------------------------------------------------------
 
 
@@ -46,12 +56,8 @@ def shell_workflow(slug: str, config: dict, **node) -> dict:
 def test_a_template_inside_script_is_refused_with_the_path_and_how_to_pass_values(
     editor, api_for, script
 ):
-    response = api_for(editor).post(
-        "/api/v1/workflows/", shell_workflow("inject", {"script": script}), format="json"
-    )
+    detail = refusal(api_for(editor), shell_workflow("inject", {"script": script}))
 
-    assert response.status_code == 400, response.content
-    (detail,) = error_of(response)["details"]
     assert detail["path"] == "nodes[0].config.script"
     assert "env" in detail["message"] and '"$NAME"' in detail["message"]
 
@@ -151,14 +157,10 @@ def test_opsflow_shell_user_runs_the_command_as_that_user(settings):
 
 
 def test_a_shell_node_on_another_queue_is_refused_with_the_reason(editor, api_for):
-    response = api_for(editor).post(
-        "/api/v1/workflows/",
-        shell_workflow("elsewhere", {"command": ["true"]}, queue="default"),
-        format="json",
+    detail = refusal(
+        api_for(editor), shell_workflow("elsewhere", {"command": ["true"]}, queue="default")
     )
 
-    assert response.status_code == 400, response.content
-    (detail,) = error_of(response)["details"]
     assert detail["path"] == "nodes[0].queue"
     assert "OPSFLOW_SHELL_QUEUES" in detail["message"] and "'default'" in detail["message"]
 
@@ -180,12 +182,8 @@ def test_a_shell_node_without_a_queue_goes_to_the_first_shell_queue(org):
 def test_a_template_in_the_code_of_a_shell_minus_c_is_refused_like_a_script(
     editor, api_for, command
 ):
-    response = api_for(editor).post(
-        "/api/v1/workflows/", shell_workflow("dash-c", {"command": command}), format="json"
-    )
+    detail = refusal(api_for(editor), shell_workflow("dash-c", {"command": command}))
 
-    assert response.status_code == 400, response.content
-    (detail,) = error_of(response)["details"]
     assert detail["path"] == f"nodes[0].config.command[{len(command) - 1}]"
     assert "env" in detail["message"]
 
