@@ -73,10 +73,11 @@ def get_connection() -> redis.Redis:
         if _connection and _connection[0] == pid:
             return _connection[1]
         if settings.REDIS_URL:
-            # Only short commands go through this client (workers block on django-rq's own), so
-            # a hung Redis costs a request OPSFLOW_REDIS_TIMEOUT, never forever; and few retries,
-            # so a Redis that is down answers a trigger in milliseconds (redis-py's default
-            # retries for seconds), and the step waits for the reconciler instead.
+            # Only short commands go through this client (worker processes block on django-rq's
+            # own; worker threads run only on the embedded default), so a hung Redis costs a
+            # request OPSFLOW_REDIS_TIMEOUT, never forever; and few retries, so a Redis that is
+            # down answers a trigger in milliseconds (redis-py's default retries for seconds),
+            # and the step waits for the reconciler instead.
             client = redis.Redis.from_url(
                 settings.REDIS_URL,
                 socket_timeout=settings.OPSFLOW_REDIS_TIMEOUT,
