@@ -37,7 +37,7 @@ from apps.executions.choices import (
 )
 from apps.executions.models import Agent, Execution, IncompleteExecution, Step
 from apps.executions.nodes import NodeContext, get_node_type
-from apps.executions.nodes.base import WAIT, waiting_types
+from apps.executions.nodes.base import REGISTRY, WAIT, waiting_types
 from apps.executions.templating import build_context, render_value
 from apps.executions.worker import AgentContext, current_agent
 from apps.workflows.definition import resolve_variables
@@ -328,6 +328,16 @@ def _record_when_the_database_answers(step: Step, attempt: Attempt, agent: Agent
 
 
 def _run_node(execution: Execution, step: Step, node: dict[str, Any], graph) -> Attempt:
+    """One attempt of the node; what it received and returned come back masked for storing."""
+    attempt = _attempt_of(execution, step, node, graph)
+    node_type = REGISTRY.get(node["type"])  # None for an unknown type: nothing was run
+    if node_type is not None:
+        attempt.input = node_type.mask_input(attempt.input)
+        attempt.output = node_type.mask_output(attempt.output)
+    return attempt
+
+
+def _attempt_of(execution: Execution, step: Step, node: dict[str, Any], graph) -> Attempt:
     rendered: Any = None
     try:
         node_type = get_node_type(node["type"])
@@ -354,13 +364,21 @@ def _run_node(execution: Execution, step: Step, node: dict[str, Any], graph) -> 
             },
         )
         raw_config = node.get("config") or {}
-        if "input" in overrides:  # an operator's edited input replaces the rendered config
-            rendered = overrides["input"]
-        else:
-            rendered = {
+
+        def render() -> dict[str, Any]:
+            return {
                 k: (v if k in node_type.raw_keys else render_value(v, context))
                 for k, v in raw_config.items()
             }
+
+        if "input" in overrides:  # an operator's edited input replaces the rendered config
+            try:
+                fresh = render()  # for what the edited (masked) input still masks
+            except errors.NodeError:
+                fresh = None
+            rendered = node_type.restore_input(overrides["input"], fresh)
+        else:
+            rendered = render()
         if not _is_json(rendered):
             bad, rendered = rendered, None
             raise errors.DataError(

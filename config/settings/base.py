@@ -194,6 +194,9 @@ try:
     ]
 except ValueError as exc:
     raise ImproperlyConfigured(f"OPSFLOW_HTTP_DENY: {exc}") from None
+# Header values masked (***) in stored step input and output, besides Authorization,
+# Proxy-Authorization, Cookie, Set-Cookie and X-Api-Key.
+OPSFLOW_SENSITIVE_HEADERS = env_list("OPSFLOW_SENSITIVE_HEADERS", [])
 # Seconds a command of the web, the scheduler or an enqueue may wait for Redis.
 OPSFLOW_REDIS_TIMEOUT = env_int("OPSFLOW_REDIS_TIMEOUT", 5, minimum=1)
 OPSFLOW_BASE_URL = env_str("OPSFLOW_BASE_URL", "http://127.0.0.1:8000")

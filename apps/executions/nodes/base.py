@@ -41,6 +41,19 @@ class NodeType:
     # Config keys that are not rendered as templates before `run` (the node renders them itself).
     raw_keys: ClassVar[frozenset[str]] = frozenset()
 
+    def mask_input(self, rendered: Any) -> Any:
+        """The input as stored and shown (secrets masked); the node itself got `rendered`."""
+        return rendered
+
+    def mask_output(self, output: Any) -> Any:
+        """The output as stored and shown, and as later nodes' templates see it."""
+        return output
+
+    def restore_input(self, edited: Any, fresh: Any) -> Any:
+        """An operator's edited input (from the masked one), with what is still masked taken
+        from `fresh`, the node's config rendered again; None when that could not be rendered."""
+        return edited
+
     def allowed_queues(self) -> list[str] | None:
         """The only queues this type may run on (the first is its default); None: any."""
         return None

@@ -21,6 +21,7 @@ import httpx
 from django.conf import settings
 
 from apps.executions import errors
+from apps.executions.masking import mask_headers, restore_headers
 from apps.executions.nodes.base import NodeContext, NodeType, Problem, cap_text, register
 
 METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}
@@ -168,6 +169,20 @@ class HttpRequestNode(NodeType):
         ):
             problems.append(("expect_status", "must be a list of HTTP status codes"))
         return problems
+
+    def mask_input(self, rendered: Any) -> Any:
+        if isinstance(rendered, dict) and isinstance(rendered.get("headers"), dict):
+            return {**rendered, "headers": mask_headers(rendered["headers"])}
+        return rendered
+
+    def mask_output(self, output: Any) -> Any:
+        return self.mask_input(output)  # the response headers: Set-Cookie and the like
+
+    def restore_input(self, edited: Any, fresh: Any) -> Any:
+        if isinstance(edited, dict) and isinstance(fresh, dict) and "headers" in edited:
+            restored = restore_headers(edited["headers"], fresh.get("headers"))
+            return {**edited, "headers": restored}
+        return edited
 
     def run(self, ctx: NodeContext) -> dict[str, Any]:
         config = ctx.config
