@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -18,6 +17,7 @@ import pytest
 from apps.executions import errors
 from apps.executions.nodes import http as http_node
 from tests.executions.test_nodes import run_node
+from tests.local_http import serving
 
 DENIED = "127.0.0.2"
 
@@ -61,13 +61,8 @@ class _Redirect(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def redirector():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Redirect)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.daemon = True
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving(_Redirect) as url:
+        yield url
 
 
 def test_a_denied_address_is_refused_before_any_connection(deny_test_address, monkeypatch):

@@ -7,8 +7,7 @@ itself carries the real value, a retry from an edited (masked) input included.""
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
@@ -17,6 +16,7 @@ from apps.executions.masking import MASK
 from apps.executions.models import Execution, IncompleteExecution, Step
 from apps.executions.services import retry_incomplete, trigger_workflow
 from tests.factories import make_workflow
+from tests.local_http import serving
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -50,13 +50,8 @@ class _Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def server():
     _Handler.received = []
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.daemon = True
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with serving(_Handler) as url:
+        yield url
 
 
 @pytest.fixture(autouse=True)
