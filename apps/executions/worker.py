@@ -161,8 +161,11 @@ class AgentWorker(SimpleWorker):
             started = time.monotonic()
             try:
                 worked = super().work(False, *args, **kwargs) or worked
-            except RedisError as exc:  # the loop's own clean-up could not reach Redis
-                logger.warning("agent %s: Redis error ending its work loop: %s", self.name, exc)
+            except (RedisError, ValueError) as exc:
+                # Redis was down for RQ's own set-up or clean-up, or came back just before a
+                # restart still holding this worker's previous registration ("There exists an
+                # active worker named …", a ValueError): the next try registers it afresh.
+                logger.warning("agent %s: its work loop ended: %s", self.name, exc)
             if bounded or self._stop_requested or self._shutdown_requested_date:
                 return worked
             if time.monotonic() - started > 60:

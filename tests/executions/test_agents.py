@@ -515,3 +515,27 @@ def test_the_heartbeat_thread_survives_a_database_error(org, settings, monkeypat
     finally:
         HEARTBEAT.remove(row.name)
     assert len(calls) >= 2
+
+
+def test_an_agent_whose_loop_quits_works_again_until_it_is_asked_to_stop(org, redis_conn):
+    """RQ quits its loop when Redis fails it (here: this worker's earlier registration, never
+    marked dead, makes RQ refuse the name, as after an outage). The agent works again."""
+    worker = ThreadAgentWorker(["default"], connection=redis_conn, name="comeback")
+    redis_conn.hset(worker.key, mapping={"birth": "2026-01-01T00:00:00Z"})  # alive, says Redis
+    thread = threading.Thread(target=worker.work, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not redis_conn.hexists(worker.key, "queues"):  # registered by its second loop
+        assert time.monotonic() < deadline and thread.is_alive(), "the agent never came back"
+        time.sleep(0.05)
+
+    execution = trigger_workflow(make_workflow(org, chain_definition("after-restart", 1)))
+    deadline = time.monotonic() + 15
+    while execution.status != "completed":
+        assert time.monotonic() < deadline, "the agent that came back ran nothing"
+        time.sleep(0.05)
+        execution.refresh_from_db()
+    worker._stop_requested = True  # what a warm shutdown sets
+    trigger_workflow(make_workflow(org, chain_definition("wake-up", 1)))  # ends its BLPOP
+    thread.join(timeout=15)
+    assert not thread.is_alive()
