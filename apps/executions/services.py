@@ -883,12 +883,11 @@ def reconcile_lost_dispatches(now=None) -> int:
     by a worker that is still alive is running. Anything else has been lost: Redis lost the
     job, a worker that died (or was about to) was handed it from the list, a worker died
     between taking it and starting the step, or the job ended without running it. Those steps
-    are enqueued again, under a new job id, once dispatched for OPSFLOW_LOST_DISPATCH_AFTER
-    (unsent steps at once). A duplicate delivery is harmless: starting a step is a
-    compare-and-swap. Returns how many steps were enqueued.
+    are enqueued again, under a new job id, once dispatched for OPSFLOW_LOST_DISPATCH_AFTER.
+    (Steps whose enqueue failed are send_unsent_steps' work.) A duplicate delivery is harmless:
+    starting a step is a compare-and-swap. Returns how many steps were enqueued.
     """
     now = now or timezone.now()
-    count = send_unsent_steps()
     cutoff = now - timedelta(seconds=settings.OPSFLOW_LOST_DISPATCH_AFTER)
     old = list(
         Step.objects.filter(
@@ -913,10 +912,7 @@ def reconcile_lost_dispatches(now=None) -> int:
         )
         again = _lost_jobs([s for s in suspects if s.pk in still], now)
         lost = {pk: why for pk, why in lost.items() if pk in again}
-    for step in old:
-        if step.pk in lost:
-            count += _send_again(step, lost[step.pk])
-    return count
+    return sum(_send_again(step, lost[step.pk]) for step in old if step.pk in lost)
 
 
 LOST_CONFIRM_SECONDS = 0.2

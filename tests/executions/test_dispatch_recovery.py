@@ -254,7 +254,7 @@ def test_a_trigger_answers_201_when_its_enqueue_fails_and_the_step_is_sent_when_
     assert Client().get("/readyz").json()["unsent_steps"] == 1
 
     monkeypatch.undo()  # Redis answers again
-    assert reconcile_lost_dispatches() == 1  # at once: no OPSFLOW_LOST_DISPATCH_AFTER wait
+    assert services.send_unsent_steps() == 1  # at once: no OPSFLOW_LOST_DISPATCH_AFTER wait
     workers.run_to_end(execution)
     assert execution.status == ExecutionStatus.COMPLETED
     assert ran_once_each(execution, 2)
@@ -277,7 +277,7 @@ def test_a_successor_whose_enqueue_fails_in_the_worker_waits_unsent_instead_of_f
     successor = execution.steps.get(node_id="n1")
     assert successor.status == StepStatus.DISPATCHED and successor.unsent_since is not None
     monkeypatch.undo()
-    assert reconcile_lost_dispatches() == 1
+    assert services.send_unsent_steps() == 1
     workers.run_to_end(execution)
     assert ran_once_each(execution, 2)
 
@@ -400,7 +400,7 @@ def test_a_redis_outage_answers_webhooks_and_triggers_as_usual_and_loses_nothing
     assert during.count() == 6
 
     own_redis.start()  # back, empty (no persistence), on the same port
-    assert reconcile_lost_dispatches() == 6
+    assert services.send_unsent_steps() == 6
     redelivered = hooks.post(
         hook,
         {"variables": {}},
