@@ -87,9 +87,25 @@ def test_a_webhook_value_passed_through_env_is_printed_literally_never_run(org, 
     assert not marker.exists()
 
 
-def test_a_templated_script_of_a_version_saved_before_the_rule_is_refused_when_it_runs():
-    with pytest.raises(errors.InvalidConfigurationError, match="templates are not allowed"):
-        run_node("shell.command", {"script": "echo {{ vars.x }}"}, timeout=5)
+def test_a_templated_script_of_a_version_saved_before_the_rule_is_refused_when_it_runs(
+    org, workers, tmp_path
+):
+    from apps.executions.services import trigger_workflow
+    from apps.workflows.models import WorkflowVersion
+
+    marker = tmp_path / "pwned"
+    workflow = make_workflow(org, shell_workflow("old", {"script": "true"}))
+    version = workflow.current_version
+    version.definition["nodes"][0]["config"]["script"] = "echo {{ vars.x }}"
+    WorkflowVersion.objects.filter(pk=version.pk).update(definition=version.definition)
+
+    execution = trigger_workflow(workflow, variables={"x": f"a; touch {marker}"})
+    workers.run_to_end(execution)
+
+    step = execution.steps.get()
+    assert step.error_type == "InvalidConfigurationError"
+    assert "templates are not allowed in script" in step.error_message
+    assert not marker.exists()
 
 
 def test_argv_items_still_take_templates_because_no_shell_parses_them(org, workers, tmp_path):

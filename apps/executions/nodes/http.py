@@ -58,7 +58,7 @@ class GuardedBackend(httpcore.NetworkBackend):
             if network is not None:
                 raise DeniedAddress(
                     f"host {host!r} resolves to {address}, in {network}, which OPSFLOW_HTTP_DENY "
-                    "refuses (link-local addresses hold cloud metadata services)"
+                    "refuses (by default link-local, where cloud metadata services answer)"
                 )
         last: Exception | None = None
         for address in addresses:

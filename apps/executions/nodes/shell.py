@@ -107,9 +107,7 @@ class ShellCommandNode(NodeType):
 
     def run(self, ctx: NodeContext) -> dict[str, Any]:
         config = ctx.config
-        script = config.get("script")
-        if isinstance(script, str) and has_template(script):  # a version saved before the rule
-            raise errors.InvalidConfigurationError(f"script: {NO_TEMPLATES_IN_SCRIPT}")
+        script = config.get("script")  # templated? check_config refused it, at save and now
         queue = ctx.node.get("queue", settings.OPSFLOW_SHELL_QUEUES[0])  # always set in a version
         if queue not in settings.OPSFLOW_SHELL_QUEUES:  # a version published before the rule
             raise errors.InvalidConfigurationError(
@@ -231,9 +229,7 @@ def _child_env(node_env: dict[str, Any], home: str) -> dict[str, str]:
     for name in settings.OPSFLOW_SHELL_ENV_PASSTHROUGH:
         if name in os.environ:
             env[name] = os.environ[name]
-    for name, value in node_env.items():
-        if not ENV_NAME.match(str(name)):
-            raise errors.InvalidConfigurationError(f"env.{name}: not a variable name")
+    for name, value in node_env.items():  # names checked by check_config
         env[str(name)] = "" if value is None else str(value)
     return env
 
