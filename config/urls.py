@@ -15,6 +15,7 @@ api_v1 = [
     path("", include("apps.workflows.api.urls")),
     path("", include("apps.executions.api.urls")),
     path("", include("apps.approvals.api.urls")),
+    path("", include("apps.credentials.api.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("redoc/", SpectacularRedocView.as_view(url_name="schema"), name="api-redoc"),

@@ -20,6 +20,7 @@ from django.db import InterfaceError, OperationalError, close_old_connections, t
 from django.utils import timezone
 from redis.exceptions import RedisError
 
+from apps.credentials.runtime import Secrets
 from apps.executions import engine, errors
 from apps.executions.choices import (
     EXECUTION_ADVANCING,
@@ -35,6 +36,7 @@ from apps.executions.choices import (
     StepStatus,
     Trigger,
 )
+from apps.executions.masking import mask_values, restore_masked
 from apps.executions.models import Agent, Execution, IncompleteExecution, Step
 from apps.executions.nodes import NodeContext, get_node_type
 from apps.executions.nodes.base import REGISTRY, WAIT, waiting_types
@@ -328,8 +330,15 @@ def _record_when_the_database_answers(step: Step, attempt: Attempt, agent: Agent
 
 
 def _run_node(execution: Execution, step: Step, node: dict[str, Any], graph) -> Attempt:
-    """One attempt of the node; what it received and returned come back masked for storing."""
-    attempt = _attempt_of(execution, step, node, graph)
+    """One attempt of the node; what it received and returned come back masked for storing:
+    every credential value it read, and the sensitive headers of its type."""
+    secrets = Secrets(execution.workflow_id)
+    attempt = _attempt_of(execution, step, node, graph, secrets)
+    if secrets.used:
+        values = secrets.values()
+        attempt.input = mask_values(attempt.input, values)
+        attempt.output = mask_values(attempt.output, values)
+        attempt.error_message = mask_values(attempt.error_message, values)
     node_type = REGISTRY.get(node["type"])  # None for an unknown type: nothing was run
     if node_type is not None:
         attempt.input = node_type.mask_input(attempt.input)
@@ -337,7 +346,9 @@ def _run_node(execution: Execution, step: Step, node: dict[str, Any], graph) -> 
     return attempt
 
 
-def _attempt_of(execution: Execution, step: Step, node: dict[str, Any], graph) -> Attempt:
+def _attempt_of(
+    execution: Execution, step: Step, node: dict[str, Any], graph, secrets: Secrets
+) -> Attempt:
     rendered: Any = None
     try:
         node_type = get_node_type(node["type"])
@@ -362,6 +373,7 @@ def _attempt_of(execution: Execution, step: Step, node: dict[str, Any], graph) -
                 "id": execution.pk,
                 "started_at": execution.started_at.isoformat() if execution.started_at else None,
             },
+            secrets,
         )
         raw_config = node.get("config") or {}
 
@@ -372,11 +384,14 @@ def _attempt_of(execution: Execution, step: Step, node: dict[str, Any], graph) -
             }
 
         if "input" in overrides:  # an operator's edited input replaces the rendered config
+            rendered = overrides["input"]
             try:
-                fresh = render()  # for what the edited (masked) input still masks
+                fresh = render()  # in clear: for what the edited (masked) input still masks
             except errors.NodeError:
                 fresh = None
-            rendered = node_type.restore_input(overrides["input"], fresh)
+            if fresh is not None:
+                shown = node_type.mask_input(mask_values(fresh, secrets.values()))
+                rendered = restore_masked(rendered, shown, fresh)
         else:
             rendered = render()
         if not _is_json(rendered):
@@ -402,6 +417,7 @@ def _attempt_of(execution: Execution, step: Step, node: dict[str, Any], graph) -
                 timeout=engine.node_timeout(node),
                 execution_id=execution.pk,
                 step_id=step.pk,
+                credentials=secrets.used,
             )
         )
         if output is WAIT:  # waits for a human: the step stays running, no worker is held

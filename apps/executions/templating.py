@@ -46,6 +46,20 @@ def scoped(value: Any, path: str) -> Any:
     return value
 
 
+class Namespace:
+    """A context entry whose names are looked up on demand (`secrets`): every attribute or item
+    read goes to `lookup`, so the sandbox never reaches the object's own attributes."""
+
+    def lookup(self, name: str) -> Any:
+        raise NotImplementedError
+
+    def __iter__(self):
+        raise DataError("A namespace cannot be listed: name one entry (secrets.NAME)")
+
+    def __str__(self) -> str:
+        raise DataError("Name one entry of the namespace (secrets.NAME), not all of it")
+
+
 class _At:
     """Stands in as the parent of a missing name read below a plain value (a string, a number)."""
 
@@ -92,11 +106,15 @@ class _Environment(SandboxedEnvironment):
     _last = threading.local()
 
     def getattr(self, obj, attribute):
+        if isinstance(obj, Namespace):
+            return obj.lookup(attribute)
         if isinstance(obj, ScopedDict) and attribute in obj:
             return self._remember(obj[attribute], f"{obj._scope_path}.{attribute}")
         return self._located(obj, attribute, super().getattr(obj, attribute))
 
     def getitem(self, obj, argument):
+        if isinstance(obj, Namespace):
+            return obj.lookup(str(argument))
         if isinstance(obj, ScopedDict) and isinstance(argument, str) and argument in obj:
             return self._remember(obj[argument], f"{obj._scope_path}.{argument}")
         value = super().getitem(obj, argument)
@@ -221,10 +239,14 @@ def build_context(
     trigger: dict[str, Any],
     nodes: dict[str, dict[str, Any]],
     execution: dict[str, Any],
+    secrets: Namespace | None = None,
 ) -> dict[str, Any]:
-    return {
+    context = {
         "vars": scoped(variables, "vars"),
         "trigger": scoped(trigger, "trigger"),
         "nodes": scoped(nodes, "nodes"),
         "execution": scoped(execution, "execution"),
     }
+    if secrets is not None:
+        context["secrets"] = secrets
+    return context

@@ -6,6 +6,7 @@ import secrets
 from pathlib import Path
 
 import dj_database_url
+from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 
 from config.env import env_bool, env_int, env_int_list, env_list, env_str
@@ -15,20 +16,47 @@ VAR_DIR = Path(env_str("OPSFLOW_VAR_DIR", str(BASE_DIR / "var")))
 
 DEBUG = env_bool("DEBUG", default=False)
 
+EMBEDDED = DEBUG or not env_str("DATABASE_URL")
+
+
+def generated_once(name: str, make) -> str:
+    """The embedded default's keys: generated once and kept under var/ (never a shared
+    constant), readable by this user only."""
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    key_file = VAR_DIR / name
+    if not key_file.exists():
+        key_file.write_text(make())
+        key_file.chmod(0o600)
+    return key_file.read_text().strip()
+
+
 SECRET_KEY = env_str("SECRET_KEY")
 if not SECRET_KEY:
-    if DEBUG or not env_str("DATABASE_URL"):
-        # The embedded default: a key generated once and kept under var/, never a shared constant.
-        VAR_DIR.mkdir(parents=True, exist_ok=True)
-        key_file = VAR_DIR / "secret_key"
-        if not key_file.exists():
-            key_file.write_text(secrets.token_urlsafe(50))
-            key_file.chmod(0o600)
-        SECRET_KEY = key_file.read_text().strip()
-    else:
+    if not EMBEDDED:
         raise ImproperlyConfigured(
             "SECRET_KEY must be set when DATABASE_URL is set and DEBUG is off."
         )
+    SECRET_KEY = generated_once("secret_key", lambda: secrets.token_urlsafe(50))
+
+# Credentials are encrypted with these Fernet keys (comma-separated): the first encrypts, every
+# one decrypts, so a new key goes first and `manage.py rotate_credentials` re-encrypts.
+OPSFLOW_SECRETS_KEYS = env_list("OPSFLOW_SECRETS_KEYS", [])
+if not OPSFLOW_SECRETS_KEYS:
+    if not EMBEDDED:
+        raise ImproperlyConfigured(
+            "OPSFLOW_SECRETS_KEYS must be set when DATABASE_URL is set and DEBUG is off "
+            "(make a key with: python -c 'from cryptography.fernet import Fernet; "
+            "print(Fernet.generate_key().decode())')."
+        )
+    OPSFLOW_SECRETS_KEYS = [generated_once("secrets_key", lambda: Fernet.generate_key().decode())]
+for _position, _key in enumerate(OPSFLOW_SECRETS_KEYS, start=1):
+    try:
+        Fernet(_key)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"OPSFLOW_SECRETS_KEYS: key {_position} is not a Fernet key "
+            "(32 bytes in url-safe base64, 44 characters)."
+        ) from None
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
@@ -54,6 +82,7 @@ INSTALLED_APPS = [
     "apps.executions",
     "apps.approvals",
     "apps.analytics",
+    "apps.credentials",
 ]
 
 MIDDLEWARE = [

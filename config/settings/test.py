@@ -3,6 +3,8 @@
 import os
 
 os.environ.setdefault("SECRET_KEY", "test-secret-key")
+# A fixed Fernet key for tests only (workers the tests start inherit it).
+os.environ.setdefault("OPSFLOW_SECRETS_KEYS", "H3YxbpVBAEGEJjbctznuAOxUciGMG2iuwg_88xr3Nkw=")
 os.environ.setdefault(
     "OPSFLOW_VAR_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "var", "test")
 )

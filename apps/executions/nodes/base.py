@@ -32,6 +32,9 @@ class NodeContext:
     execution_id: int
     step_id: int
     extra: dict[str, Any] = field(default_factory=dict)
+    # The credentials its config read ({{ secrets.NAME }}), by name: http.request binds them
+    # to their hosts.
+    credentials: dict[str, Any] = field(default_factory=dict)
 
 
 class NodeType:
@@ -48,11 +51,6 @@ class NodeType:
     def mask_output(self, output: Any) -> Any:
         """The output as stored and shown, and as later nodes' templates see it."""
         return output
-
-    def restore_input(self, edited: Any, fresh: Any) -> Any:
-        """An operator's edited input (from the masked one), with what is still masked taken
-        from `fresh`, the node's config rendered again; None when that could not be rendered."""
-        return edited
 
     def allowed_queues(self) -> list[str] | None:
         """The only queues this type may run on (the first is its default); None: any."""

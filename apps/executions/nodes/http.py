@@ -20,8 +20,9 @@ import httpcore
 import httpx
 from django.conf import settings
 
+from apps.credentials.hosts import host_allowed
 from apps.executions import errors
-from apps.executions.masking import mask_headers, restore_headers
+from apps.executions.masking import mask_headers
 from apps.executions.nodes.base import NodeContext, NodeType, Problem, cap_text, register
 
 METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}
@@ -31,6 +32,25 @@ resolve = socket.getaddrinfo  # the one resolver: tests give it a stub
 
 class DeniedAddress(Exception):
     """The host resolves to an address that OPSFLOW_HTTP_DENY refuses; nothing was sent."""
+
+
+class CredentialNotAllowed(Exception):
+    """The request carries a credential that is not bound to its host; nothing was sent."""
+
+
+def credential_guard(credentials: dict[str, Any]):
+    """An httpx request hook: every hop, redirects included, must go to a host that each
+    credential the config read allows (issue 9 item 4). It runs before the connection."""
+
+    def check(request: httpx.Request) -> None:
+        url = request.url
+        port = url.port or (443 if url.scheme == "https" else 80)
+        for name, used in credentials.items():
+            if not host_allowed(list(used.allowed_hosts), url.host, port):
+                shown = f"{url.host}:{port}" if url.port else url.host
+                raise CredentialNotAllowed(f"credential {name!r} is not allowed for host {shown!r}")
+
+    return check
 
 
 def denied_network(address: str):
@@ -178,12 +198,6 @@ class HttpRequestNode(NodeType):
     def mask_output(self, output: Any) -> Any:
         return self.mask_input(output)  # the response headers: Set-Cookie and the like
 
-    def restore_input(self, edited: Any, fresh: Any) -> Any:
-        if isinstance(edited, dict) and isinstance(fresh, dict) and "headers" in edited:
-            restored = restore_headers(edited["headers"], fresh.get("headers"))
-            return {**edited, "headers": restored}
-        return edited
-
     def run(self, ctx: NodeContext) -> dict[str, Any]:
         config = ctx.config
         url = config.get("url")
@@ -211,6 +225,9 @@ class HttpRequestNode(NodeType):
                     follow_redirects=bool(config.get("follow_redirects", True)),
                     transport=guarded_transport(),
                     trust_env=False,
+                    event_hooks={"request": [credential_guard(ctx.credentials)]}
+                    if ctx.credentials
+                    else None,
                 ) as client,
                 client.stream(**request) as response,
             ):
@@ -221,6 +238,8 @@ class HttpRequestNode(NodeType):
             ) from exc
         except DeniedAddress as exc:
             raise errors.InvalidConfigurationError(f"Refused {url}: {exc}") from None
+        except CredentialNotAllowed as exc:
+            raise errors.InvalidConfigurationError(str(exc)) from None
         except httpx.InvalidURL as exc:
             raise errors.InvalidConfigurationError(f"Invalid URL {url!r}: {exc}") from exc
         except httpx.TransportError as exc:

@@ -2,14 +2,15 @@ from django.db.models import ProtectedError
 from drf_spectacular.utils import OpenApiTypes, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
+from rest_framework.exceptions import ValidationError
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 
 from apps.accounts.api.errors import Conflict, DefinitionInvalid
+from apps.accounts.api.lookups import one_of_organizations, organization_for_create
 from apps.accounts.api.permissions import OrganizationRole
 from apps.accounts.choices import CAN_EDIT, CAN_EXECUTE
-from apps.accounts.permissions import organizations_for, scope_to_user
+from apps.accounts.permissions import scope_to_user
 from apps.executions.api.serializers import ExecutionDetailSerializer
 from apps.executions.services import WorkflowNotRunnable, trigger_workflow
 from apps.workflows.api.serializers import (
@@ -59,57 +60,23 @@ class WorkflowViewSet(
         return scope_to_user(qs, self.request.user)
 
     def get_object(self):
-        matches = self.get_queryset().filter(slug=self.kwargs["slug"])
-        organization = self.request.query_params.get("organization")
-        if organization:
-            matches = matches.filter(organization__slug=organization)
-        found = list(matches[:2])
-        if not found:
-            raise NotFound(f"No workflow {self.kwargs['slug']!r} in your organizations.")
-        if len(found) > 1:
-            raise ValidationError(
-                {
-                    "organization": "several of your organizations have this slug; add ?organization=<slug>"
-                }
-            )
-        self.check_object_permissions(self.request, found[0])
-        return found[0]
+        workflow = one_of_organizations(
+            self.request, self.get_queryset(), "slug", self.kwargs["slug"], "workflow"
+        )
+        self.check_object_permissions(self.request, workflow)
+        return workflow
 
     @extend_schema(request=OpenApiTypes.OBJECT, responses={201: WorkflowSerializer})
     def create(self, request):
         document = request.data
         if not isinstance(document, dict):
             raise ValidationError("The body must be a workflow definition object.")
-        organization = self._organization_for_create(document.get("organization"))
+        organization = organization_for_create(request.user, document.get("organization"), CAN_EDIT)
         try:
             workflow = create_workflow(organization, document, request.user)
         except DefinitionError as exc:
             raise definition_problems(exc) from None
         return Response(self.get_serializer(workflow).data, status=status.HTTP_201_CREATED)
-
-    def _organization_for_create(self, slug):
-        editable = organizations_for(self.request.user, CAN_EDIT)
-        if slug is not None:
-            if not isinstance(slug, str):
-                raise ValidationError({"organization": "must be an organization slug"})
-            organization = editable.filter(slug=slug).first()
-            if organization is None:
-                if organizations_for(self.request.user).filter(slug=slug).exists():
-                    raise PermissionDenied(f"This needs the {CAN_EDIT} role (or higher) in {slug}.")
-                raise ValidationError(
-                    {"organization": f"you are not a member of an organization {slug!r}"}
-                )
-            return organization
-        options = list(organizations_for(self.request.user)[:2])
-        if not options:
-            raise ValidationError({"organization": "you are not a member of any organization"})
-        if len(options) > 1:
-            raise ValidationError({"organization": "required: you belong to several organizations"})
-        if not editable.filter(pk=options[0].pk).exists():
-            raise PermissionDenied(
-                f"This needs the {CAN_EDIT} role (or higher) in {options[0].slug}."
-            )
-        return options[0]
 
     @extend_schema(request=WorkflowPatchSerializer, responses=WorkflowSerializer)
     def partial_update(self, request, slug=None):
