@@ -45,6 +45,20 @@ class OrganizationScopedAdmin:
         return self.has_change_permission(request, obj)
 
 
+class FormWithUser:
+    """The admin's form gets `user=request.user` (it limits choices to the user's organizations)."""
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form_class = super().get_form(request, obj, change=change, **kwargs)
+        user = request.user
+
+        class WithUser(form_class):
+            def __init__(self, *args, **kw):
+                super().__init__(*args, user=user, **kw)
+
+        return WithUser
+
+
 class ReadOnlyAdmin:
     """Rows that change only through services (transitions), never through an admin form."""
 

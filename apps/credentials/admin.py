@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin, messages
 
-from apps.accounts.admin_mixins import OrganizationScopedAdmin
+from apps.accounts.admin_mixins import FormWithUser, OrganizationScopedAdmin
 from apps.accounts.choices import CAN_EDIT
 from apps.accounts.permissions import has_role, organizations_for
 from apps.credentials.forms import CredentialForm
@@ -16,7 +16,7 @@ from apps.credentials.services import (
 
 
 @admin.register(Credential)
-class CredentialAdmin(OrganizationScopedAdmin, admin.ModelAdmin):
+class CredentialAdmin(FormWithUser, OrganizationScopedAdmin, admin.ModelAdmin):
     """Editors and admins only, even to read: the names and hosts tell where production is."""
 
     form = CredentialForm
@@ -41,20 +41,15 @@ class CredentialAdmin(OrganizationScopedAdmin, admin.ModelAdmin):
             return self.has_module_permission(request)
         return has_role(request.user, obj.organization, CAN_EDIT)
 
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return self.readonly_fields
+        return ["name", *self.readonly_fields]  # templates refer to it
+
     def get_fields(self, request, obj=None):
         if obj is None:
             return ["organization", "name", "value", "hosts", "description"]
         return ["name", "value", "hosts", "description", *self.readonly_fields]
-
-    def get_form(self, request, obj=None, change=False, **kwargs):
-        form_class = super().get_form(request, obj, change=change, **kwargs)
-        user = request.user
-
-        class WithUser(form_class):
-            def __init__(self, *args, **kw):
-                super().__init__(*args, user=user, **kw)
-
-        return WithUser
 
     @admin.display(description="Allowed hosts")
     def hosts(self, obj):

@@ -33,7 +33,6 @@ class CredentialForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         if self.instance.pk:
             self.fields.pop("organization", None)
-            self.fields["name"].disabled = True  # templates refer to it
             self.fields["hosts"].initial = "\n".join(self.instance.allowed_hosts)
         else:
             editable = organizations_for(user, CAN_EDIT)

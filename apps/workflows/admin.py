@@ -8,7 +8,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from apps.accounts.admin_mixins import OrganizationScopedAdmin
+from apps.accounts.admin_mixins import FormWithUser, OrganizationScopedAdmin
 from apps.accounts.choices import CAN_EDIT, CAN_EXECUTE, CAN_READ
 from apps.accounts.permissions import has_role
 from apps.executions.services import WorkflowNotRunnable, trigger_workflow
@@ -39,7 +39,7 @@ class WorkflowVersionInline(admin.TabularInline):
 
 
 @admin.register(Workflow)
-class WorkflowAdmin(OrganizationScopedAdmin, admin.ModelAdmin):
+class WorkflowAdmin(FormWithUser, OrganizationScopedAdmin, admin.ModelAdmin):
     form = WorkflowDefinitionForm
     change_form_template = "admin/workflows/workflow/change_form.html"
     list_display = ["name", "slug", "organization", "published", "is_active", "updated_at"]
@@ -73,16 +73,6 @@ class WorkflowAdmin(OrganizationScopedAdmin, admin.ModelAdmin):
         if has_role(request.user, obj.organization, CAN_EDIT):
             fields += ["webhook_secret", "remove_webhook_secret"]
         return [*fields, "definition"]
-
-    def get_form(self, request, obj=None, change=False, **kwargs):
-        form_class = super().get_form(request, obj, change=change, **kwargs)
-        user = request.user
-
-        class WithUser(form_class):
-            def __init__(self, *args, **kw):
-                super().__init__(*args, user=user, **kw)
-
-        return WithUser
 
     @admin.display(description="Published version")
     def published(self, obj):

@@ -128,19 +128,37 @@ def listed(response, key: str, value) -> bool:
     return any(item.get(key) == value for item in response.json()["results"])
 
 
+def read_channels(
+    user, api_list: str, key: str, value, api_detail: str, admin_list: str, admin_page: str
+):
+    """The four ways to read a row: listed by the API, its API detail, listed (linked) on the
+    admin's list, its admin page."""
+    client, browser = api(user), web(user)
+    changelist = browser.get(admin_list)
+    return {
+        "api list": listed(client.get(api_list), key, value),
+        "api detail": answered(client.get(api_detail)),
+        "admin list": changelist.status_code == 200 and admin_page in changelist.content.decode(),
+        "admin page": page(browser.get(admin_page)),
+    }
+
+
 # --- the probes: one per action key ----------------------------------------------------------
 
 
 def workflows_read(w: World, user) -> dict[str, bool]:
     workflow = w.workflow()
-    client, browser = api(user), web(user)
     return {
-        "api list": listed(client.get("/api/v1/workflows/"), "slug", workflow.slug),
-        "api detail": answered(client.get(f"/api/v1/workflows/{workflow.slug}/")),
-        "api versions": answered(client.get(f"/api/v1/workflows/{workflow.slug}/versions/")),
-        "admin list": browser.get("/workflows/workflow/").status_code == 200
-        and workflow.slug in browser.get("/workflows/workflow/").content.decode(),
-        "admin page": page(browser.get(f"/workflows/workflow/{workflow.pk}/change/")),
+        **read_channels(
+            user,
+            "/api/v1/workflows/",
+            "slug",
+            workflow.slug,
+            f"/api/v1/workflows/{workflow.slug}/",
+            "/workflows/workflow/",
+            f"/workflows/workflow/{workflow.pk}/change/",
+        ),
+        "api versions": answered(api(user).get(f"/api/v1/workflows/{workflow.slug}/versions/")),
     }
 
 
@@ -230,15 +248,17 @@ def workflows_webhook_secret(w: World, user) -> dict[str, bool]:
 
 def executions_read(w: World, user) -> dict[str, bool]:
     execution = w.queued()
-    client, browser = api(user), web(user)
-    changelist = browser.get("/executions/execution/")
     return {
-        "api list": listed(client.get("/api/v1/executions/"), "id", execution.pk),
-        "api detail": answered(client.get(f"/api/v1/executions/{execution.pk}/")),
-        "api events": answered(client.get(f"/api/v1/executions/{execution.pk}/events/")),
-        "admin list": changelist.status_code == 200
-        and f"/executions/execution/{execution.pk}/change/" in changelist.content.decode(),
-        "admin page": page(browser.get(f"/executions/execution/{execution.pk}/change/")),
+        **read_channels(
+            user,
+            "/api/v1/executions/",
+            "id",
+            execution.pk,
+            f"/api/v1/executions/{execution.pk}/",
+            "/executions/execution/",
+            f"/executions/execution/{execution.pk}/change/",
+        ),
+        "api events": answered(api(user).get(f"/api/v1/executions/{execution.pk}/events/")),
     }
 
 
@@ -284,15 +304,15 @@ def executions_delete(w: World, user) -> dict[str, bool]:
 
 def incomplete_read(w: World, user) -> dict[str, bool]:
     (record,) = w.incompletes(1)
-    client, browser = api(user), web(user)
-    changelist = browser.get("/executions/incompleteexecution/")
-    return {
-        "api list": listed(client.get("/api/v1/incomplete-executions/"), "id", record.pk),
-        "api detail": answered(client.get(f"/api/v1/incomplete-executions/{record.pk}/")),
-        "admin list": changelist.status_code == 200
-        and f"/executions/incompleteexecution/{record.pk}/change/" in changelist.content.decode(),
-        "admin page": page(browser.get(f"/executions/incompleteexecution/{record.pk}/change/")),
-    }
+    return read_channels(
+        user,
+        "/api/v1/incomplete-executions/",
+        "id",
+        record.pk,
+        f"/api/v1/incomplete-executions/{record.pk}/",
+        "/executions/incompleteexecution/",
+        f"/executions/incompleteexecution/{record.pk}/change/",
+    )
 
 
 def _closed(record: IncompleteExecution, status: str | None = None) -> bool:
@@ -373,15 +393,15 @@ def incomplete_hard_delete(w: World, user) -> dict[str, bool]:
 
 def approvals_read(w: World, user) -> dict[str, bool]:
     (gate,) = w.gates(1)
-    client, browser = api(user), web(user)
-    changelist = browser.get("/approvals/approval/")
-    return {
-        "api list": listed(client.get("/api/v1/approvals/"), "id", gate.pk),
-        "api detail": answered(client.get(f"/api/v1/approvals/{gate.pk}/")),
-        "admin list": changelist.status_code == 200
-        and f"/approvals/approval/{gate.pk}/change/" in changelist.content.decode(),
-        "admin page": page(browser.get(f"/approvals/approval/{gate.pk}/change/")),
-    }
+    return read_channels(
+        user,
+        "/api/v1/approvals/",
+        "id",
+        gate.pk,
+        f"/api/v1/approvals/{gate.pk}/",
+        "/approvals/approval/",
+        f"/approvals/approval/{gate.pk}/change/",
+    )
 
 
 def _decided(gate: Approval) -> bool:

@@ -23,7 +23,7 @@ from apps.executions.masking import MASK
 from apps.executions.models import Execution, IncompleteExecution
 from apps.executions.services import retry_incomplete, trigger_workflow
 from tests.factories import make_user, make_workflow
-from tests.local_http import serving
+from tests.local_http import reply, serving
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -39,18 +39,10 @@ class Recorder(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 (http.server's name)
         Recorder.seen.append((self.path, self.headers.get("X-Token")))
         if self.path.startswith("/hop"):
-            self.send_response(302)
-            self.send_header("Location", Recorder.redirect_to)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            reply(self, 302, headers={"Location": Recorder.redirect_to})
             return
         status = 500 if self.path.startswith("/fail") else 200
-        body = json.dumps({"path": self.path, "x-token": self.headers.get("X-Token")}).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        reply(self, status, {"path": self.path, "x-token": self.headers.get("X-Token")})
 
     def log_message(self, *args):
         pass

@@ -16,7 +16,7 @@ from apps.executions.masking import MASK
 from apps.executions.models import Execution, IncompleteExecution, Step
 from apps.executions.services import retry_incomplete, trigger_workflow
 from tests.factories import make_workflow
-from tests.local_http import serving
+from tests.local_http import reply, serving
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -35,13 +35,12 @@ class _Handler(BaseHTTPRequestHandler):
             }
         )
         status = 500 if self.path.startswith("/fail") else 200
-        body = json.dumps({"ok": status == 200}).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Set-Cookie", "session=cookie-secret-42; HttpOnly")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        reply(
+            self,
+            status,
+            {"ok": status == 200},
+            {"Set-Cookie": "session=cookie-secret-42; HttpOnly"},
+        )
 
     def log_message(self, *args):
         pass
