@@ -25,6 +25,7 @@ and deletes only its own Redis keys. With REDIS_URL on database 0, it moves to d
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import secrets
 import statistics
@@ -108,6 +109,8 @@ def configure_environment(args: argparse.Namespace) -> tuple[str, str]:
     os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings.base"
     # The settings refuse to start without a key when DATABASE_URL is set; the bench signs nothing.
     os.environ.setdefault("SECRET_KEY", "bench-" + secrets.token_urlsafe(32))
+    # Likewise the credentials key (its child processes inherit it); the bench stores none.
+    os.environ.setdefault("OPSFLOW_SECRETS_KEYS", base64.urlsafe_b64encode(os.urandom(32)).decode())
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     if os.environ.get("DATABASE_URL"):
         db_label = ensure_postgres_database(os.environ["DATABASE_URL"])

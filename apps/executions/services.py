@@ -42,7 +42,7 @@ from apps.executions.nodes import NodeContext, get_node_type
 from apps.executions.nodes.base import REGISTRY, WAIT, waiting_types
 from apps.executions.templating import build_context, render_value
 from apps.executions.worker import AgentContext, current_agent
-from apps.workflows.definition import resolve_variables
+from apps.workflows.definition import masked_definition, resolve_variables
 from apps.workflows.models import Workflow, WorkflowVersion
 
 logger = logging.getLogger(__name__)
@@ -653,7 +653,7 @@ def store_incomplete(execution: Execution, graph, step: Step, *, auto_retry: boo
     """Stop the run as `incomplete` with a record an operator can resolve, within the storage limit."""
     workflow = execution.workflow
     bundles = _bundles(execution, graph, step)
-    blueprint = execution.version.definition
+    blueprint = masked_definition(execution.version.definition)  # shown, never run
     size = len(json.dumps({"blueprint": blueprint, "bundles": bundles}, default=str).encode())
     record = execution.incomplete_records.open().first()  # a retried record fails again
     used = IncompleteExecution.objects.stored_bytes(workflow.organization_id)

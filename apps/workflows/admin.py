@@ -12,7 +12,7 @@ from apps.accounts.admin_mixins import FormWithUser, OrganizationScopedAdmin
 from apps.accounts.choices import CAN_EDIT, CAN_EXECUTE, CAN_READ
 from apps.accounts.permissions import has_role
 from apps.executions.services import WorkflowNotRunnable, trigger_workflow
-from apps.workflows.definition import DefinitionError
+from apps.workflows.definition import DefinitionError, dump_document, masked_definition
 from apps.workflows.forms import RunWorkflowForm, WorkflowDefinitionForm
 from apps.workflows.models import Workflow, WorkflowVersion
 from apps.workflows.services import create_workflow, publish_workflow, update_draft
@@ -80,6 +80,14 @@ class WorkflowAdmin(FormWithUser, OrganizationScopedAdmin, admin.ModelAdmin):
             return "not published"
         suffix = " (draft has changes)" if obj.has_unpublished_changes else ""
         return f"v{obj.current_version.number}{suffix}"
+
+    @admin.display(description="Definition")
+    def definition(self, obj):
+        """The read-only page's definition (viewers and operators): YAML, sensitive header
+        values masked. Editors get the form field of the same name instead."""
+        return format_html(
+            '<pre class="opsflow-code">{}</pre>', dump_document(masked_definition(obj.draft))
+        )
 
     @admin.display(description="Webhook")
     def webhook_path(self, obj):

@@ -110,6 +110,21 @@ def dump_document(definition: dict[str, Any], fmt: str = "yaml") -> str:
     return yaml.safe_dump(definition, sort_keys=False, allow_unicode=True)
 
 
+def masked_definition(definition: Any) -> Any:
+    """A copy of a definition as shown to those who may not edit it (and in incomplete-execution
+    blueprints): each node's config as its type masks it when stored, so a sensitive header
+    typed in literally (`Authorization: Bearer …`) reads `***`."""
+    if not isinstance(definition, dict) or not isinstance(definition.get("nodes"), list):
+        return definition
+    nodes = []
+    for node in definition["nodes"]:
+        kind = REGISTRY.get(node.get("type")) if isinstance(node, dict) else None
+        if kind is not None and isinstance(node.get("config"), dict):
+            node = {**node, "config": kind.mask_input(node["config"])}
+        nodes.append(node)
+    return {**definition, "nodes": nodes}
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 

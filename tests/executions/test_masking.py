@@ -84,8 +84,8 @@ def call(slug: str, url: str, **settings_) -> dict:
 
 def stored_text() -> str:
     """What runs stored: every step and incomplete-execution bundle, as text. (A literal in the
-    definition stays in the definition and its blueprint: values that must not be written down
-    at all belong in a credentials store, which is not built yet.)"""
+    definition stays in the definition, shown masked to those who may not edit it: values that
+    must not be written down at all belong in a credential.)"""
     rows = list(Step.objects.values("input", "output", "error_message"))
     rows += list(IncompleteExecution.objects.values("bundles", "error_message"))
     return json.dumps(rows, default=str)

@@ -1,8 +1,16 @@
 from rest_framework import serializers
 
-from apps.accounts.choices import CAN_EXECUTE
+from apps.accounts.choices import CAN_EDIT, CAN_EXECUTE
 from apps.accounts.permissions import has_role
+from apps.workflows.definition import masked_definition
 from apps.workflows.models import Workflow, WorkflowVersion
+
+
+def shown_definition(request, organization, definition: dict) -> dict:
+    """As stored for editors; masked (`masked_definition`) for everyone else."""
+    if request is not None and has_role(request.user, organization, CAN_EDIT):
+        return definition
+    return masked_definition(definition)
 
 
 class WorkflowSerializer(serializers.ModelSerializer):
@@ -13,7 +21,7 @@ class WorkflowSerializer(serializers.ModelSerializer):
     trigger = serializers.SerializerMethodField()
     settings = serializers.SerializerMethodField()
     webhook_url = serializers.SerializerMethodField()
-    definition = serializers.JSONField(source="draft", read_only=True)
+    definition = serializers.SerializerMethodField()
 
     class Meta:
         model = Workflow
@@ -39,6 +47,10 @@ class WorkflowSerializer(serializers.ModelSerializer):
 
     def get_settings(self, obj) -> dict:
         return obj.effective_definition.get("settings", {})
+
+    def get_definition(self, obj) -> dict:
+        """The draft; sensitive header values masked for those who may not edit it."""
+        return shown_definition(self.context.get("request"), obj.organization, obj.draft)
 
     def get_webhook_url(self, obj) -> str | None:
         """The URL is the key that triggers the workflow: null for those who may not trigger it
@@ -68,12 +80,18 @@ class WorkflowPatchSerializer(serializers.ModelSerializer):
 
 class WorkflowVersionSerializer(serializers.ModelSerializer):
     version = serializers.IntegerField(source="number")
+    definition = serializers.SerializerMethodField()
     created_by = serializers.CharField(source="created_by.username", default=None)
     is_current = serializers.SerializerMethodField()
 
     class Meta:
         model = WorkflowVersion
         fields = ["version", "created_at", "created_by", "is_current", "definition"]
+
+    def get_definition(self, obj) -> dict:
+        return shown_definition(
+            self.context.get("request"), obj.workflow.organization, obj.definition
+        )
 
     def get_is_current(self, obj) -> bool:
         return obj.workflow.current_version_id == obj.pk

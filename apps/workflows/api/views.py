@@ -112,7 +112,10 @@ class WorkflowViewSet(
             version = publish_workflow(workflow, request.user)
         except DefinitionError as exc:
             raise definition_problems(exc) from None
-        return Response(WorkflowVersionSerializer(version).data, status=status.HTTP_201_CREATED)
+        return Response(
+            WorkflowVersionSerializer(version, context={"request": request}).data,
+            status=status.HTTP_201_CREATED,
+        )
 
     @extend_schema(responses=WorkflowVersionSerializer(many=True))
     @action(detail=True, methods=["get"])
@@ -121,7 +124,9 @@ class WorkflowViewSet(
         page = self.paginate_queryset(
             workflow.versions.select_related("workflow", "created_by").order_by("-number")
         )
-        return self.get_paginated_response(WorkflowVersionSerializer(page, many=True).data)
+        return self.get_paginated_response(
+            WorkflowVersionSerializer(page, many=True, context={"request": request}).data
+        )
 
     @extend_schema(request=TriggerSerializer, responses={201: ExecutionDetailSerializer})
     @action(detail=True, methods=["post"])
