@@ -1,8 +1,9 @@
 from django.contrib import admin
-from django.urls import URLPattern, include, path
+from django.urls import URLPattern, include, path, re_path
 from django_rq.urls import get_admin_urlpatterns, get_api_urlpatterns
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from apps.accounts.api.errors import UnknownEndpoint
 from apps.accounts.permissions import rq_dashboard
 from apps.executions.views import healthz, readyz
 from apps.workflows.webhooks import receive
@@ -19,6 +20,7 @@ api_v1 = [
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("redoc/", SpectacularRedocView.as_view(url_name="schema"), name="api-redoc"),
+    re_path(r"^.*$", UnknownEndpoint.as_view()),  # last: the JSON 404 for the rest
 ]
 
 # RQ's dashboard crosses organizations: superusers only, and only with REDIS_URL (its JSON

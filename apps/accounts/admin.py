@@ -1,5 +1,6 @@
 from django.contrib import admin
 
+from apps.accounts.admin_mixins import MissingIs404
 from apps.accounts.models import Membership, Organization
 
 
@@ -10,7 +11,7 @@ class MembershipInline(admin.TabularInline):
 
 
 @admin.register(Organization)
-class OrganizationAdmin(admin.ModelAdmin):
+class OrganizationAdmin(MissingIs404, admin.ModelAdmin):
     list_display = ["name", "slug", "created_at"]
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}

@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+from django.http import Http404
+from django.shortcuts import get_object_or_404
+
 from apps.accounts.choices import CAN_EDIT, CAN_READ
 from apps.accounts.permissions import has_role, organizations_for, scope_to_user
 
 
-class OrganizationScopedAdmin:
+def row_or_404(queryset, object_id):
+    """The row with this id in `queryset` (the user's scope), or 404: an id that is no number
+    (`/executions/execution/abc/change/`) is a missing row, not a server error."""
+    if not str(object_id).isdigit():
+        raise Http404(f"No row with id {object_id!r}.")
+    return get_object_or_404(queryset, pk=object_id)
+
+
+class MissingIs404:
+    """Django's own change, delete and history views answer a missing (or out of scope, or
+    malformed) id with a redirect to the admin index; here it is a 404 like everywhere else."""
+
+    def _get_obj_does_not_exist_redirect(self, request, opts, object_id):
+        raise Http404(f"No {opts.verbose_name} with id {object_id!r} in your organizations.")
+
+
+class OrganizationScopedAdmin(MissingIs404):
     """Rows of the user's organizations only; viewers read, editors change.
 
     Subclasses set `organization_field` (the lookup to the row's organization) and may set

@@ -8,7 +8,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.http import url_has_allowed_host_and_scheme
 
-from apps.accounts.admin_mixins import OrganizationScopedAdmin, ReadOnlyAdmin
+from apps.accounts.admin_mixins import OrganizationScopedAdmin, ReadOnlyAdmin, row_or_404
 from apps.approvals import services
 from apps.approvals.choices import APPROVAL_COLOURS, Decision, Via
 from apps.approvals.models import Approval
@@ -114,8 +114,8 @@ class ApprovalAdmin(ReadOnlyAdmin, OrganizationScopedAdmin, admin.ModelAdmin):
         return redirect(back)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
-        approval = get_object_or_404(
-            self.get_queryset(request).select_related("execution__workflow"), pk=object_id
+        approval = row_or_404(
+            self.get_queryset(request).select_related("execution__workflow"), object_id
         )
         context = {
             **self.admin_site.each_context(request),

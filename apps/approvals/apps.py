@@ -7,4 +7,4 @@ class ApprovalsConfig(AppConfig):
     verbose_name = "Approvals"
 
     def ready(self) -> None:
-        from apps.approvals import nodes  # noqa: F401 - registers the `approval` node type
+        from apps.approvals import checks, nodes  # noqa: F401 - registers the node type, the check

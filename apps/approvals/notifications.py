@@ -25,9 +25,14 @@ def read_token(token: str) -> dict:
     return signing.loads(token, salt=SALT, max_age=settings.OPSFLOW_APPROVAL_LINK_MAX_AGE)
 
 
+def base_url() -> str:
+    """Where the portal answers: OPSFLOW_BASE_URL, or what `standalone` serves, or the default."""
+    return (settings.OPSFLOW_BASE_URL or settings.DEFAULT_BASE_URL).rstrip("/")
+
+
 def link(approval: Approval, user, decision: str) -> str:
     path = reverse("approvals:respond", args=[make_token(approval, user, decision)])
-    return settings.OPSFLOW_BASE_URL.rstrip("/") + path
+    return base_url() + path
 
 
 def notify(approval_id: int, only: list[str] | None = None) -> int:
@@ -59,7 +64,7 @@ def notify(approval_id: int, only: list[str] | None = None) -> int:
             "upstream": upstream,
             "approve_url": link(approval, user, "approve"),
             "reject_url": link(approval, user, "reject"),
-            "portal_url": settings.OPSFLOW_BASE_URL.rstrip("/") + execution.get_absolute_url(),
+            "portal_url": base_url() + execution.get_absolute_url(),
         }
         body = render_to_string("approvals/email.txt", context)
         try:

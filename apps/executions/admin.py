@@ -11,7 +11,12 @@ from django.utils.html import format_html, format_html_join
 from django.utils.timesince import timesince
 from django_htmx.http import HttpResponseStopPolling
 
-from apps.accounts.admin_mixins import OrganizationScopedAdmin, ReadOnlyAdmin
+from apps.accounts.admin_mixins import (
+    MissingIs404,
+    OrganizationScopedAdmin,
+    ReadOnlyAdmin,
+    row_or_404,
+)
 from apps.accounts.choices import CAN_EXECUTE, CAN_READ
 from apps.accounts.permissions import has_role, organizations_for
 from apps.executions import services
@@ -24,6 +29,7 @@ from apps.executions.choices import (
 )
 from apps.executions.models import Agent, Execution, IncompleteExecution
 from apps.workflows.definition import DefinitionError
+from config.limits import document_problem, loads_json
 
 
 def status_badge(status: str, label: str | None = None, colours=STATUS_COLOURS):
@@ -104,8 +110,8 @@ class ExecutionAdmin(ReadOnlyAdmin, OrganizationScopedAdmin, admin.ModelAdmin):
         return f"{obj.jobs_completed}/{obj.jobs_total}"
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
-        execution = get_object_or_404(
-            self.get_queryset(request).select_related("retriggered_from"), pk=object_id
+        execution = row_or_404(
+            self.get_queryset(request).select_related("retriggered_from"), object_id
         )
         steps = list(execution.steps.order_by("created_at", "id"))
         for step in steps:
@@ -198,13 +204,16 @@ class ExecutionAdmin(ReadOnlyAdmin, OrganizationScopedAdmin, admin.ModelAdmin):
         execution = self._execution_for_action(request, pk)
         step = get_object_or_404(execution.steps, pk=step_id)
         try:
-            output = json.loads(request.POST.get("output") or "{}")
+            output = loads_json(request.POST.get("output") or "{}")
+            problem = document_problem(output)
+            if problem:
+                raise ValueError(f"{problem[0] or 'the output'}: {problem[1]}")
             services.mark_step_succeeded(step, output, request.user)
             messages.success(
                 request, f"{step.node_id} marked succeeded; the run goes on from there."
             )
-        except json.JSONDecodeError as exc:
-            messages.error(request, f"The output is not valid JSON: {exc}")
+        except ValueError as exc:
+            messages.error(request, f"The output is not accepted: {exc}")
         except services.WrongState as exc:
             messages.error(request, str(exc))
         return redirect(execution.get_absolute_url())
@@ -348,8 +357,8 @@ class IncompleteExecutionAdmin(OrganizationScopedAdmin, admin.ModelAdmin):
         return None
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
-        record = get_object_or_404(
-            self.get_queryset(request).select_related("execution", "workflow"), pk=object_id
+        record = row_or_404(
+            self.get_queryset(request).select_related("execution", "workflow"), object_id
         )
         can_act = has_role(request.user, record.organization, CAN_EXECUTE)
         bundles_text = _pretty(record.bundles)
@@ -408,13 +417,17 @@ def _retry_edits(record: IncompleteExecution, bundles_text: str, input_text: str
     """Only what the operator changed is passed on: edited bundles and/or an edited input."""
     edits = {}
     try:
-        bundles = json.loads(bundles_text) if bundles_text.strip() else record.bundles
-    except json.JSONDecodeError as exc:
+        bundles = loads_json(bundles_text) if bundles_text.strip() else record.bundles
+    except ValueError as exc:
         raise ValueError(f"Bundles are not valid JSON: {exc}") from None
     try:
-        new_input = json.loads(input_text) if input_text.strip() else None
-    except json.JSONDecodeError as exc:
+        new_input = loads_json(input_text) if input_text.strip() else None
+    except ValueError as exc:
         raise ValueError(f"Input is not valid JSON: {exc}") from None
+    for name, value in (("Bundles", bundles), ("Input", new_input)):
+        problem = document_problem(value)
+        if problem:
+            raise ValueError(f"{name} not accepted: {problem[0] or 'the value'}: {problem[1]}")
     if not isinstance(bundles, dict):
         raise ValueError("Bundles must be a JSON object with variables and nodes.")
     if new_input is not None and not isinstance(new_input, dict):
@@ -427,7 +440,7 @@ def _retry_edits(record: IncompleteExecution, bundles_text: str, input_text: str
 
 
 @admin.register(Agent)
-class AgentAdmin(ReadOnlyAdmin, admin.ModelAdmin):
+class AgentAdmin(MissingIs404, ReadOnlyAdmin, admin.ModelAdmin):
     """The agents (RQ workers): state from the heartbeat, and the steps each runs now."""
 
     list_display = ["name", "state_badge", "queue_list", "pid", "heartbeat"]

@@ -40,7 +40,7 @@ from apps.executions.masking import mask_values, restore_masked
 from apps.executions.models import Agent, Execution, IncompleteExecution, Step
 from apps.executions.nodes import NodeContext, get_node_type
 from apps.executions.nodes.base import REGISTRY, WAIT, waiting_types
-from apps.executions.templating import build_context, render_value
+from apps.executions.templating import bounded, build_context, render_value
 from apps.executions.worker import AgentContext, current_agent
 from apps.workflows.definition import masked_definition, resolve_variables
 from apps.workflows.models import Workflow, WorkflowVersion
@@ -378,10 +378,11 @@ def _attempt_of(
         raw_config = node.get("config") or {}
 
         def render() -> dict[str, Any]:
-            return {
-                k: (v if k in node_type.raw_keys else render_value(v, context))
-                for k, v in raw_config.items()
-            }
+            with bounded():  # one clock for the whole config
+                return {
+                    k: (v if k in node_type.raw_keys else render_value(v, context))
+                    for k, v in raw_config.items()
+                }
 
         if "input" in overrides:  # an operator's edited input replaces the rendered config
             rendered = overrides["input"]

@@ -7,9 +7,14 @@ documented error `Missing variable: nodes.check.output.body`.
 from __future__ import annotations
 
 import re
+import sys
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from django.conf import settings
 from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 
@@ -100,10 +105,41 @@ class PathUndefined(StrictUndefined):
     )
 
 
+def _size_error(size: int) -> DataError:
+    limit = settings.OPSFLOW_TEMPLATE_MAX_BYTES
+    return DataError(
+        f"A template would make a value of {size} characters; the limit is "
+        f"OPSFLOW_TEMPLATE_MAX_BYTES ({limit})"
+    )
+
+
 class _Environment(SandboxedEnvironment):
-    """Data keys win over dict/list attributes, and paths survive below plain values."""
+    """Data keys win over dict/list attributes, and paths survive below plain values.
+
+    `*` and `**` are checked before they run (`'a' * 10**9` would be built in C, where no
+    clock can stop it); everything else is bounded by the render clock (`bounded`)."""
 
     _last = threading.local()
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context, operator, left, right):
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if (
+                    isinstance(seq, str | list | tuple)
+                    and isinstance(times, int)
+                    and len(seq) * times > settings.OPSFLOW_TEMPLATE_MAX_BYTES
+                ):
+                    raise _size_error(len(seq) * times)
+        elif (
+            operator == "**"
+            and isinstance(left, int)
+            and isinstance(right, int)
+            and abs(left) > 1
+            and right * max(abs(left).bit_length(), 1) > 8 * settings.OPSFLOW_TEMPLATE_MAX_BYTES
+        ):
+            raise DataError(f"A template would compute a number with about {right} digits")
+        return super().call_binop(context, operator, left, right)
 
     def getattr(self, obj, attribute):
         if isinstance(obj, Namespace):
@@ -141,6 +177,53 @@ class _Environment(SandboxedEnvironment):
 
 
 _env = _Environment(undefined=PathUndefined, autoescape=False, keep_trailing_newline=True)
+_clock = threading.local()
+
+
+def _timed_out() -> DataError:
+    return DataError(
+        "Rendering the templates took longer than OPSFLOW_TEMPLATE_SECONDS "
+        f"({settings.OPSFLOW_TEMPLATE_SECONDS} s)"
+    )
+
+
+def _trace_lines(frame, event, arg):
+    if time.monotonic() > _clock.deadline:
+        raise _timed_out()
+    return _trace_lines
+
+
+def _trace_templates(frame, event, arg):
+    """Only the compiled templates' own frames are followed, line by line."""
+    return _trace_lines if frame.f_code.co_filename == "<template>" else None
+
+
+@contextmanager
+def bounded() -> Iterator[None]:
+    """Every template rendered inside shares one clock of OPSFLOW_TEMPLATE_SECONDS: a line of
+    template code run past it raises DataError (a tracer on this thread, template frames only)."""
+    if getattr(_clock, "deadline", None) is not None:  # an outer render holds the clock
+        yield
+        return
+    _clock.deadline = time.monotonic() + settings.OPSFLOW_TEMPLATE_SECONDS
+    previous = sys.gettrace()
+    sys.settrace(_trace_templates)
+    try:
+        yield
+    finally:
+        sys.settrace(previous)
+        _clock.deadline = None
+
+
+def _render(template, context: dict[str, Any]) -> str:
+    """Render to a string, stopping as soon as it grows past OPSFLOW_TEMPLATE_MAX_BYTES."""
+    limit, size, parts = settings.OPSFLOW_TEMPLATE_MAX_BYTES, 0, []
+    for part in template.generate(**context):
+        size += len(part)
+        if size > limit:
+            raise _size_error(size)
+        parts.append(part)
+    return "".join(parts)
 
 
 def has_template(text: str) -> bool:
@@ -176,13 +259,16 @@ def evaluate_expression(expression: str, context: dict[str, Any]) -> Any:
     except TemplateSyntaxError as exc:
         raise DataError(f"Template does not parse: {exc.message}") from exc
     try:
-        value = compiled(**context)
+        with bounded():
+            value = compiled(**context)
     except SecurityError as exc:
         raise DataError(f"Unsafe template: {exc}") from exc
     except UndefinedError as exc:
         raise DataError(f"Missing variable: {exc.message}") from exc
     if isinstance(value, PathUndefined):
         value._fail_with_undefined_error()
+    if isinstance(value, str) and len(value) > settings.OPSFLOW_TEMPLATE_MAX_BYTES:
+        raise _size_error(len(value))
     return unscoped(value)
 
 
@@ -207,13 +293,15 @@ def render_value(value: Any, context: dict[str, Any]) -> Any:
         if match and "{{" not in match.group("expr") and "{%" not in value:
             return evaluate_expression(match.group("expr"), context)
         try:
-            return _env.from_string(value).render(**context)
+            with bounded():
+                rendered = _render(_env.from_string(value), context)
         except SecurityError as exc:
             raise DataError(f"Unsafe template: {exc}") from exc
         except UndefinedError as exc:
             raise DataError(f"Missing variable: {exc.message}") from exc
         except TemplateSyntaxError as exc:
             raise DataError(f"Template does not parse: {exc.message}") from exc
+        return rendered
     if isinstance(value, dict):
         return {k: render_value(v, context) for k, v in value.items()}
     if isinstance(value, list):

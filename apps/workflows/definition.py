@@ -8,19 +8,21 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import re
 import zoneinfo
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
 from croniter import croniter
+from django.conf import settings
 
 from apps.executions.nodes import REGISTRY
 from apps.executions.templating import iter_template_strings, template_problem
 from apps.workflows.choices import EDGE_ON, VARIABLE_TYPES, Backoff, Catchup, OnError, TriggerType
+from config.limits import depth_message, document_problem
 
 SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,98}[a-z0-9])?$")
 NODE_ID_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -87,8 +89,12 @@ _Yaml12Loader.add_implicit_resolver(
 
 
 def load_yaml(text: str) -> Any:
-    """Load YAML (or JSON) with YAML 1.2 booleans."""
-    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+    """Load YAML (or JSON) with YAML 1.2 booleans. A text nested past Python's recursion limit
+    is a YAMLError like any other (`document_problem` then bounds depth and size)."""
+    try:
+        return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise yaml.YAMLError(depth_message()) from None
 
 
 def parse_document(text: str | bytes) -> Any:
@@ -146,15 +152,15 @@ class _Validator:
         if not isinstance(doc, dict):
             self.add("", "the definition must be a mapping with slug, name, nodes and edges")
             raise DefinitionError(self.problems)
+        problem = document_problem(doc)  # first: what follows may recurse or copy it all
+        if problem:
+            self.add(*problem)
+            raise DefinitionError(self.problems)
         try:
             json.dumps(doc, allow_nan=False)
-        except (TypeError, ValueError, RecursionError) as exc:
+        except (TypeError, ValueError) as exc:
             self.add("", f"the definition must hold only JSON values: {exc}")
             raise DefinitionError(self.problems) from None
-        problem = unstorable(doc)
-        if problem:
-            self.add("", f"the definition cannot be stored: {problem}")
-            raise DefinitionError(self.problems)
         out = copy.deepcopy(doc)
         for key in sorted(set(doc) - TOP_LEVEL_KEYS, key=str):
             self.add(str(key), "unknown field")
@@ -277,6 +283,13 @@ class _Validator:
         if not isinstance(nodes, list) or not nodes:
             self.add("nodes", "must be a list of at least one node")
             return []
+        if len(nodes) > settings.OPSFLOW_MAX_NODES:
+            self.add(
+                "nodes",
+                f"at most OPSFLOW_MAX_NODES ({settings.OPSFLOW_MAX_NODES}) nodes; "
+                f"this definition has {len(nodes)}",
+            )
+            raise DefinitionError(self.problems)
         seen: dict[str, int] = {}
         out = []
         for index, node in enumerate(nodes):
@@ -379,6 +392,13 @@ class _Validator:
         if not isinstance(edges, list):
             self.add("edges", "must be a list of {from, to, on}")
             return []
+        if len(edges) > settings.OPSFLOW_MAX_EDGES:
+            self.add(
+                "edges",
+                f"at most OPSFLOW_MAX_EDGES ({settings.OPSFLOW_MAX_EDGES}) edges; "
+                f"this definition has {len(edges)}",
+            )
+            raise DefinitionError(self.problems)
         by_id = {n["id"]: n for n in nodes if isinstance(n.get("id"), str)}
         out = []
         seen = set()
@@ -430,31 +450,29 @@ class _Validator:
 
 
 def find_cycle(node_ids: list[str], edges: list[dict[str, Any]]) -> list[str] | None:
+    """A cycle as a path (its first node repeated at the end), or None. Depth-first with an
+    explicit stack: a chain of any length cannot exhaust Python's recursion limit."""
     graph: dict[str, list[str]] = defaultdict(list)
     for edge in edges:
         graph[edge["from"]].append(edge["to"])
-    state: dict[str, int] = {}
-    stack: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        state[node] = 1
-        stack.append(node)
-        for nxt in graph[node]:
-            if state.get(nxt) == 1:
-                return stack[stack.index(nxt) :] + [nxt]
-            if state.get(nxt) is None:
-                found = visit(nxt)
-                if found:
-                    return found
-        stack.pop()
-        state[node] = 2
-        return None
-
-    for node in node_ids:
-        if state.get(node) is None:
-            found = visit(node)
-            if found:
-                return found
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    for start in node_ids:
+        if start in state:
+            continue
+        path: list[str] = [start]
+        todo: list[Iterator[str]] = [iter(graph[start])]
+        state[start] = 1
+        while todo:
+            nxt = next(todo[-1], None)
+            if nxt is None:
+                state[path.pop()] = 2
+                todo.pop()
+            elif state.get(nxt) == 1:
+                return path[path.index(nxt) :] + [nxt]
+            elif nxt not in state:
+                state[nxt] = 1
+                path.append(nxt)
+                todo.append(iter(graph[nxt]))
     return None
 
 
@@ -475,32 +493,6 @@ def validate_definition(doc: Any) -> dict[str, Any]:
     return _Validator(doc).run()
 
 
-_UNSTORABLE_TEXT = re.compile("[\x00\ud800-\udfff]")
-
-
-def unstorable(value: Any) -> str | None:
-    """Why a JSON value cannot be stored (PostgreSQL's jsonb refuses these), or None.
-
-    Walks without recursion, so a deeply nested document cannot exhaust the stack.
-    """
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            for key, child in item.items():
-                if isinstance(key, str) and _UNSTORABLE_TEXT.search(key):
-                    return "a key holds a NUL character or a lone surrogate"
-                stack.append(child)
-        elif isinstance(item, list):
-            stack.extend(item)
-        elif isinstance(item, str):
-            if _UNSTORABLE_TEXT.search(item):
-                return "a string holds a NUL character or a lone surrogate"
-        elif isinstance(item, float) and not math.isfinite(item):
-            return "a number is not finite (NaN or Infinity)"
-    return None
-
-
 def normalize(document: Any) -> dict[str, Any]:
     """The validated definition with every default filled in, as versions store it (no `organization`)."""
     definition = validate_definition(document)
@@ -519,9 +511,10 @@ def resolve_variables(definition: dict[str, Any], supplied: Any) -> dict[str, An
         supplied = {}
     if not isinstance(supplied, dict):
         raise DefinitionError([Problem("variables", "must be a mapping of names to values")])
-    problem = unstorable(supplied)
+    problem = document_problem(supplied)
     if problem:
-        raise DefinitionError([Problem("variables", f"cannot be stored: {problem}")])
+        path, message = problem
+        raise DefinitionError([Problem(f"variables.{path}" if path else "variables", message)])
     specs = definition.get("variables") or {}
     problems: list[Problem] = []
     values = dict(supplied)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import math
 from datetime import timedelta
 
@@ -21,8 +20,9 @@ from django.views.decorators.csrf import csrf_exempt
 
 from apps.executions.choices import Trigger
 from apps.executions.services import WorkflowNotRunnable, trigger_workflow
-from apps.workflows.definition import DefinitionError, unstorable
+from apps.workflows.definition import DefinitionError
 from apps.workflows.models import WebhookDelivery, Workflow
+from config.limits import document_problem, loads_json
 
 SIGNATURE_HEADER = "X-Opsflow-Signature"
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
@@ -99,11 +99,7 @@ def receive(request, key: str):
             return error(401, "bad_signature", "The signature does not match the body.")
 
     try:
-        payload = json.loads(body or b"{}", parse_constant=_not_json, parse_float=_finite)
-    except RecursionError:
-        return error(
-            400, "invalid_json", "The body is not JSON we accept: it is nested too deeply."
-        )
+        payload = loads_json(body or b"{}", parse_constant=_not_json, parse_float=_finite)
     except (ValueError, UnicodeDecodeError) as exc:
         return error(400, "invalid_json", f"The body is not JSON: {exc}")
     if not isinstance(payload, dict):
@@ -113,13 +109,14 @@ def receive(request, key: str):
             "The body must be a JSON object.",
             [{"path": "", "message": "must be an object"}],
         )
-    problem = unstorable(payload)
+    problem = document_problem(payload)
     if problem:
+        path, message = problem
         return error(
             400,
             "invalid",
-            f"The body cannot be stored: {problem}.",
-            [{"path": "", "message": problem}],
+            f"The body cannot be accepted: {path + ': ' if path else ''}{message}.",
+            [{"path": path, "message": message}],
         )
     variables = payload.get("variables", {})
     if not isinstance(variables, dict):

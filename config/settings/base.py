@@ -169,6 +169,14 @@ RQ_SHOW_ADMIN_LINK = False  # its admin copy would be open to all staff: /django
 OPSFLOW_OUTPUT_CAP_BYTES = env_int("OPSFLOW_OUTPUT_CAP_BYTES", 1024 * 1024, minimum=1024)
 OPSFLOW_MAX_BODY_BYTES = env_int("OPSFLOW_MAX_BODY_BYTES", 1024 * 1024, minimum=1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = OPSFLOW_MAX_BODY_BYTES
+# Bounds on every document sent in (API and webhook bodies, definitions, variables, bundles):
+# nesting depth; nodes and edges of one definition; what one template may make, and how long
+# rendering one node's config may take.
+OPSFLOW_MAX_DEPTH = env_int("OPSFLOW_MAX_DEPTH", 64, minimum=4)
+OPSFLOW_MAX_NODES = env_int("OPSFLOW_MAX_NODES", 500, minimum=1)
+OPSFLOW_MAX_EDGES = env_int("OPSFLOW_MAX_EDGES", 2000, minimum=1)
+OPSFLOW_TEMPLATE_MAX_BYTES = env_int("OPSFLOW_TEMPLATE_MAX_BYTES", 1024 * 1024, minimum=1024)
+OPSFLOW_TEMPLATE_SECONDS = env_int("OPSFLOW_TEMPLATE_SECONDS", 5, minimum=1)
 OPSFLOW_LOCAL_CONTINUATION = env_bool("OPSFLOW_LOCAL_CONTINUATION", default=True)
 OPSFLOW_IE_RETRY_SCHEDULE = env_int_list(
     "OPSFLOW_IE_RETRY_SCHEDULE", [60, 600, 600, 1800, 1800, 1800, 10800, 10800]
@@ -228,7 +236,10 @@ except ValueError as exc:
 OPSFLOW_SENSITIVE_HEADERS = env_list("OPSFLOW_SENSITIVE_HEADERS", [])
 # Seconds a command of the web, the scheduler or an enqueue may wait for Redis.
 OPSFLOW_REDIS_TIMEOUT = env_int("OPSFLOW_REDIS_TIMEOUT", 5, minimum=1)
-OPSFLOW_BASE_URL = env_str("OPSFLOW_BASE_URL", "http://127.0.0.1:8000")
+# The portal's public URL, for emailed links. Unset: `manage.py standalone` (make run) uses the
+# address it serves; other processes fall back to DEFAULT_BASE_URL (set it in production).
+DEFAULT_BASE_URL = "http://127.0.0.1:8000"
+OPSFLOW_BASE_URL = env_str("OPSFLOW_BASE_URL", "")
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -266,7 +277,7 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "apps.accounts.api.errors.exception_handler",
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["apps.accounts.api.parsers.LimitedJSONParser"],
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Opsflow API",

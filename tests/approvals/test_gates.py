@@ -14,7 +14,6 @@ from typing import Any
 from unittest import mock
 
 import pytest
-from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core import mail, signing
@@ -23,7 +22,7 @@ from rq.registry import StartedJobRegistry
 
 from apps.accounts.choices import Role
 from apps.approvals.models import Approval
-from apps.approvals.notifications import make_token, read_token
+from apps.approvals.notifications import base_url, make_token, read_token
 from apps.approvals.services import (
     AlreadyDecided,
     NotAllowed,
@@ -117,7 +116,7 @@ def tokens_in(message) -> dict[str, str]:
 
 
 def path_of(url: str) -> str:
-    return url.removeprefix(django_settings.OPSFLOW_BASE_URL.rstrip("/"))
+    return url.removeprefix(base_url())
 
 
 def approval_user(username: str):

@@ -312,17 +312,16 @@ def test_the_changelist_of_an_outsider_does_not_list_the_organizations_workflow(
     assert "Deploy web" not in response.content.decode()
 
 
-def test_the_change_page_of_another_organizations_workflow_redirects_without_revealing_it(
+def test_the_change_page_of_another_organizations_workflow_is_404_without_revealing_it(
     client, outsider, deploy
 ):
     client.force_login(outsider)
 
-    response = client.get(change_url(deploy), follow=True)
+    response = client.get(change_url(deploy))
 
-    # Django's admin answers a missing (here: out of scope) object with a redirect to the index.
-    assert response.redirect_chain == [("/", 302)]
+    # A missing (here: out of scope) row is 404, as in the API (issue 10 item 2).
+    assert response.status_code == 404
     page = response.content.decode()
-    assert f"ID “{deploy.pk}” doesn’t exist" in page
     assert "Deploy web" not in page
     assert "deploy" not in page.lower()
 

@@ -9,6 +9,7 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
+from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
 
@@ -102,3 +103,17 @@ def error_response(status_code: int, code: str, message: str, details: Any = Non
     return Response(
         {"error": {"code": code, "message": message, "details": details or {}}}, status=status_code
     )
+
+
+class UnknownEndpoint(APIView):
+    """Every path under /api/v1/ that no endpoint serves: 404 in the error shape (not the
+    admin's login redirect, which the catch-all admin route would give)."""
+
+    authentication_classes: list = []
+    permission_classes: list = []
+    schema = None  # not an endpoint of the schema
+
+    def _not_found(self, request, *args, **kwargs):
+        raise exceptions.NotFound(f"No API endpoint {request.path}; see /api/v1/docs/.")
+
+    get = post = put = patch = delete = head = options = _not_found

@@ -36,6 +36,16 @@ def run_worker_thread(index: int, stop: threading.Event) -> None:
         time.sleep(1)
 
 
+def adopt_served_url(host: str, port: int) -> str:
+    """The address served here. Unless OPSFLOW_BASE_URL is set, it becomes OPSFLOW_BASE_URL for
+    this process, whose workers email approval links (`make run PORT=9000` links to 9000)."""
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    served = f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"
+    if not settings.OPSFLOW_BASE_URL:
+        settings.OPSFLOW_BASE_URL = served
+    return served
+
+
 class Command(BaseCommand):
     help = "Migrate, create an admin, seed the demo, then serve the web app with in-process workers and scheduler."
 
@@ -59,9 +69,9 @@ class Command(BaseCommand):
         embedded_redis = not settings.REDIS_URL
         call_command("migrate", interactive=False, verbosity=0)
         username, password = self._ensure_admin()
-        base_url = f"http://{host}:{port}"
+        base_url = adopt_served_url(host, port)
         if not no_seed:
-            call_command("seed_demo", base_url=base_url, verbosity=0)
+            call_command("seed_demo", base_url=settings.OPSFLOW_BASE_URL, verbosity=0)
             self._ensure_demo_membership(username)
 
         stop = threading.Event()

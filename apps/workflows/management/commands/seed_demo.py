@@ -16,7 +16,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument(
             "--base-url",
-            default=settings.OPSFLOW_BASE_URL,
+            default=settings.OPSFLOW_BASE_URL or settings.DEFAULT_BASE_URL,
             help="The portal's own URL, used by the health-check demo.",
         )
 
