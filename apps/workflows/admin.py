@@ -6,7 +6,8 @@ from django.http import HttpResponseNotAllowed
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from apps.accounts.admin_mixins import FormWithUser, OrganizationScopedAdmin
 from apps.accounts.choices import CAN_EDIT, CAN_EXECUTE, CAN_READ
@@ -53,6 +54,7 @@ class WorkflowAdmin(FormWithUser, OrganizationScopedAdmin, admin.ModelAdmin):
         "published",
         "webhook_path",
         "inactive_reason",
+        "next_fire_times",
         "created_at",
         "updated_at",
     ]
@@ -68,6 +70,8 @@ class WorkflowAdmin(FormWithUser, OrganizationScopedAdmin, admin.ModelAdmin):
         if obj is None:
             return ["organization", "definition"]
         fields = ["slug", "published", "is_active", "inactive_reason"]
+        if obj.next_fires(1) is not None:
+            fields.append("next_fire_times")
         if has_role(request.user, obj.organization, CAN_EXECUTE):
             fields.append("webhook_path")
         if has_role(request.user, obj.organization, CAN_EDIT):
@@ -88,6 +92,11 @@ class WorkflowAdmin(FormWithUser, OrganizationScopedAdmin, admin.ModelAdmin):
         return format_html(
             '<pre class="opsflow-code">{}</pre>', dump_document(masked_definition(obj.draft))
         )
+
+    @admin.display(description="Next fires")
+    def next_fire_times(self, obj):
+        fires = obj.next_fires() or []
+        return format_html_join(mark_safe("<br>"), "{}", ((f,) for f in fires))  # noqa: S308
 
     @admin.display(description="Webhook")
     def webhook_path(self, obj):

@@ -13,6 +13,7 @@ import zoneinfo
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import yaml
@@ -204,6 +205,13 @@ class _Validator:
                 self.add("trigger.schedule", "required for a cron trigger")
             elif not croniter.is_valid(schedule):
                 self.add("trigger.schedule", f"not a valid cron expression: {schedule!r}")
+            elif (gap := shortest_gap(schedule)) < settings.OPSFLOW_CRON_MIN_INTERVAL:
+                self.add(
+                    "trigger.schedule",
+                    f"{schedule!r} fires {gap:g} s apart at times; the minimum is "
+                    f"OPSFLOW_CRON_MIN_INTERVAL ({settings.OPSFLOW_CRON_MIN_INTERVAL} s). Six "
+                    "fields put seconds last: every 10 seconds is '* * * * * */10'",
+                )
             timezone = trigger.get("timezone", "UTC")
             try:
                 zoneinfo.ZoneInfo(str(timezone))
@@ -447,6 +455,30 @@ class _Validator:
         if cycle:
             self.add("edges", f"the graph has a cycle: {' -> '.join(cycle)}")
         return out
+
+
+CRON_SAMPLE = 200  # fires looked at for the shortest gap: every pattern repeats well within
+
+
+def shortest_gap(schedule: str) -> float:
+    """The shortest time between two fires of a (valid) schedule, in seconds, from a fixed
+    start so that the answer does not change with the clock."""
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    fires = croniter(schedule, start)
+    previous = fires.get_next(float)
+    shortest = float("inf")
+    for _ in range(CRON_SAMPLE):
+        current = fires.get_next(float)
+        shortest = min(shortest, current - previous)
+        previous = current
+    return shortest
+
+
+def next_fires(trigger: dict[str, Any], count: int = 5, after: datetime | None = None) -> list[str]:
+    """The next `count` fire times of a cron trigger, ISO 8601 in its time zone."""
+    zone = zoneinfo.ZoneInfo(trigger.get("timezone") or "UTC")
+    fires = croniter(trigger["schedule"], (after or datetime.now(UTC)).astimezone(zone))
+    return [fires.get_next(datetime).isoformat() for _ in range(count)]
 
 
 def find_cycle(node_ids: list[str], edges: list[dict[str, Any]]) -> list[str] | None:

@@ -9,7 +9,7 @@ from django.db import models
 from django.urls import reverse
 
 from apps.accounts.models import Organization
-from apps.workflows.definition import Graph, normalize
+from apps.workflows.definition import Graph, next_fires, normalize
 
 
 def new_webhook_key() -> str:
@@ -80,6 +80,13 @@ class Workflow(models.Model):
     @property
     def published_number(self) -> int | None:
         return self.current_version.number if self.current_version_id else None
+
+    def next_fires(self, count: int = 5) -> list[str] | None:
+        """A cron trigger's next fire times (ISO 8601, its time zone); None for other triggers."""
+        trigger = self.effective_definition.get("trigger") or {}
+        if trigger.get("type") != "cron":
+            return None
+        return next_fires(trigger, count)
 
     @property
     def effective_definition(self) -> dict[str, Any]:

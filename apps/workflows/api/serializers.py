@@ -21,6 +21,7 @@ class WorkflowSerializer(serializers.ModelSerializer):
     trigger = serializers.SerializerMethodField()
     settings = serializers.SerializerMethodField()
     webhook_url = serializers.SerializerMethodField()
+    next_fires = serializers.SerializerMethodField()
     definition = serializers.SerializerMethodField()
 
     class Meta:
@@ -36,6 +37,7 @@ class WorkflowSerializer(serializers.ModelSerializer):
             "trigger",
             "settings",
             "webhook_url",
+            "next_fires",
             "definition",
             "created_at",
             "updated_at",
@@ -47,6 +49,11 @@ class WorkflowSerializer(serializers.ModelSerializer):
 
     def get_settings(self, obj) -> dict:
         return obj.effective_definition.get("settings", {})
+
+    def get_next_fires(self, obj) -> list[str] | None:
+        """A cron trigger's next five fire times (its published version's, else the draft's),
+        ISO 8601 in the trigger's time zone; null for other triggers."""
+        return obj.next_fires()
 
     def get_definition(self, obj) -> dict:
         """The draft; sensitive header values masked for those who may not edit it."""
