@@ -4,6 +4,7 @@ from django_rq.urls import get_admin_urlpatterns, get_api_urlpatterns
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from apps.accounts.api.errors import UnknownEndpoint
+from apps.accounts.api.views import TokenView
 from apps.accounts.permissions import rq_dashboard
 from apps.executions.views import healthz, readyz
 from apps.workflows.webhooks import receive
@@ -17,6 +18,7 @@ api_v1 = [
     path("", include("apps.executions.api.urls")),
     path("", include("apps.approvals.api.urls")),
     path("", include("apps.credentials.api.urls")),
+    path("auth/token/", TokenView.as_view(), name="api-token"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("redoc/", SpectacularRedocView.as_view(url_name="schema"), name="api-redoc"),

@@ -227,6 +227,15 @@ ACTIONS: tuple[Action, ...] = (
         "of their own organizations.",
     ),
     Action(
+        "auth.token",
+        "Exchange one's user name and password for one's API token",
+        CAN_READ,
+        api=("POST /api/v1/auth/token/",),
+        shared=True,
+        note="Throttled like the login page: 10 failures for one name from one address lock "
+        "that pair out for 15 minutes.",
+    ),
+    Action(
         "organizations.manage",
         "Manage organizations, members and users",
         SUPERUSER,

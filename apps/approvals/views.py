@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from axes.handlers.proxy import AxesProxyHandler
 from django.contrib.auth import get_user_model
+from django.contrib.auth.signals import user_login_failed
 from django.core import signing
 from django.shortcuts import render
 from django.views.decorators.http import require_http_methods
 
 from apps.accounts.choices import CAN_READ
+from apps.accounts.lockout import APPROVAL_LINK_USER, lockout_message
 from apps.accounts.permissions import has_role
 from apps.approvals.choices import ApprovalStatus
 from apps.approvals.models import Approval
@@ -19,6 +22,9 @@ TEMPLATE = "approvals/respond.html"
 
 @require_http_methods(["GET", "POST"])
 def respond(request, token: str):
+    link = {"username": APPROVAL_LINK_USER}
+    if request.method == "POST" and AxesProxyHandler.is_locked(request, link):
+        return render(request, TEMPLATE, {"problem": lockout_message(None)}, status=429)
     try:
         payload = read_token(token)
     except signing.SignatureExpired:
@@ -29,6 +35,8 @@ def respond(request, token: str):
             status=410,
         )
     except signing.BadSignature:
+        if request.method == "POST":  # a guessed or altered link counts toward the lockout
+            user_login_failed.send(sender=__name__, credentials=link, request=request)
         return render(
             request,
             TEMPLATE,

@@ -3,6 +3,7 @@
 import ipaddress
 import re
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -83,6 +84,7 @@ INSTALLED_APPS = [
     "apps.approvals",
     "apps.analytics",
     "apps.credentials",
+    "axes",  # last: its middleware and backend wrap the login
 ]
 
 MIDDLEWARE = [
@@ -95,7 +97,29 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "axes.middleware.AxesMiddleware",
 ]
+
+# Login throttling (django-axes): after OPSFLOW_LOGIN_FAILURE_LIMIT failures for one user name
+# from one address, that pair is refused for OPSFLOW_LOGIN_COOLOFF_MINUTES (the admin login,
+# the API token endpoint, the emailed approval links). `manage.py axes_reset_username NAME`
+# unlocks early.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("OPSFLOW_LOGIN_FAILURE_LIMIT", 10, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("OPSFLOW_LOGIN_COOLOFF_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "apps.accounts.lockout.lockout_response"
+# The client's address is REMOTE_ADDR unless the portal is told how many proxies (which append
+# to X-Forwarded-For) stand in front of it: a forged header must not buy fresh attempts.
+OPSFLOW_TRUSTED_PROXIES = env_int("OPSFLOW_TRUSTED_PROXIES", 0, minimum=0)
+AXES_IPWARE_META_PRECEDENCE_ORDER = (
+    ["HTTP_X_FORWARDED_FOR", "REMOTE_ADDR"] if OPSFLOW_TRUSTED_PROXIES else ["REMOTE_ADDR"]
+)
+AXES_IPWARE_PROXY_COUNT = OPSFLOW_TRUSTED_PROXIES or None
 
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"
@@ -305,5 +329,9 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"rq.worker": {"level": "WARNING"}, "django.db.backends": {"level": "INFO"}},
+    "loggers": {
+        "rq.worker": {"level": "WARNING"},
+        "django.db.backends": {"level": "INFO"},
+        "axes.apps": {"level": "WARNING"},  # its start-up banner; lockouts still log
+    },
 }

@@ -471,6 +471,14 @@ def agents_read(w: World, user) -> dict[str, bool]:
     }
 
 
+def auth_token(w: World, user) -> dict[str, bool]:
+    password = "pw" if user.is_superuser else f"pw-{user.username}"
+    answer = APIClient().post(
+        "/api/v1/auth/token/", {"username": user.username, "password": password}, "json"
+    )
+    return {"api": answered(answer)}
+
+
 def organizations_manage(w: World, user) -> dict[str, bool]:
     return {"admin": page(web(user).get("/accounts/organization/"))}
 
@@ -501,6 +509,7 @@ PROBES: dict[str, Callable[[World, object], dict[str, bool]]] = {
     "approvals.decide": approvals_decide,
     "credentials.manage": credentials_manage,
     "agents.read": agents_read,
+    "auth.token": auth_token,
     "organizations.manage": organizations_manage,
     "rq.dashboard": rq_dashboard,
 }
