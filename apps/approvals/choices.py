@@ -21,9 +21,9 @@ class Via(models.TextChoices):
 
 
 APPROVAL_COLOURS = {
-    ApprovalStatus.PENDING: "#4f46e5",
-    ApprovalStatus.APPROVED: "#16a34a",
-    ApprovalStatus.REJECTED: "#dc2626",
-    ApprovalStatus.EXPIRED: "#b45309",
-    ApprovalStatus.CANCELLED: "#6b7280",
+    ApprovalStatus.PENDING: "indigo",
+    ApprovalStatus.APPROVED: "green",
+    ApprovalStatus.REJECTED: "red",
+    ApprovalStatus.EXPIRED: "brown",
+    ApprovalStatus.CANCELLED: "grey",
 }

@@ -34,9 +34,9 @@ from config.limits import document_problem, loads_json
 
 def status_badge(status: str, label: str | None = None, colours=STATUS_COLOURS):
     """The coloured status pill of the portal (executions, steps, records, approvals)."""
-    colour = colours.get(status, "#6b7280")
+    colour = colours.get(status, "grey")
     return format_html(
-        '<span class="opsflow-badge opsflow-{}" style="background:{}">{}</span>',
+        '<span class="opsflow-badge opsflow-{} opsflow-bg-{}">{}</span>',
         status,
         colour,
         label or status,

@@ -134,24 +134,24 @@ class EventKind(models.TextChoices):
     NODE_INTERRUPTED = "node_interrupted", "Node interrupted"
 
 
-# Badge colours (DESIGN §8), used by the admin.
+# Badge colours (DESIGN §8), used by the admin: names of the palette in static/opsflow/opsflow.css.
 STATUS_COLOURS = {
-    ExecutionStatus.SCHEDULED: "#6b7280",
-    ExecutionStatus.PENDING: "#6b7280",
-    ExecutionStatus.RUNNING: "#2563eb",
-    ExecutionStatus.PAUSED: "#4f46e5",
-    ExecutionStatus.RETRYING: "#d97706",
-    ExecutionStatus.INTERRUPTED: "#b45309",
-    ExecutionStatus.INCOMPLETE: "#c2410c",
-    ExecutionStatus.COMPLETED: "#16a34a",
-    ExecutionStatus.FAILED: "#dc2626",
-    ExecutionStatus.CANCELLED: "#6b7280",
-    StepStatus.DISPATCHED: "#6b7280",
-    AgentState.STOPPING: "#d97706",
-    AgentState.LOST: "#dc2626",
-    StepStatus.TIMEOUT: "#dc2626",
-    StepStatus.SKIPPED: "#9ca3af",
-    IncompleteStatus.UNRESOLVED: "#c2410c",
-    IncompleteStatus.RESOLVED: "#16a34a",
-    IncompleteStatus.DISCARDED: "#6b7280",
+    ExecutionStatus.SCHEDULED: "grey",
+    ExecutionStatus.PENDING: "grey",
+    ExecutionStatus.RUNNING: "blue",
+    ExecutionStatus.PAUSED: "indigo",
+    ExecutionStatus.RETRYING: "amber",
+    ExecutionStatus.INTERRUPTED: "brown",
+    ExecutionStatus.INCOMPLETE: "orange",
+    ExecutionStatus.COMPLETED: "green",
+    ExecutionStatus.FAILED: "red",
+    ExecutionStatus.CANCELLED: "grey",
+    StepStatus.DISPATCHED: "grey",
+    AgentState.STOPPING: "amber",
+    AgentState.LOST: "red",
+    StepStatus.TIMEOUT: "red",
+    StepStatus.SKIPPED: "light",
+    IncompleteStatus.UNRESOLVED: "orange",
+    IncompleteStatus.RESOLVED: "green",
+    IncompleteStatus.DISCARDED: "grey",
 }

@@ -84,11 +84,13 @@ INSTALLED_APPS = [
     "apps.approvals",
     "apps.analytics",
     "apps.credentials",
+    "csp",
     "axes",  # last: its middleware and backend wrap the login
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -104,6 +106,24 @@ MIDDLEWARE = [
 # from one address, that pair is refused for OPSFLOW_LOGIN_COOLOFF_MINUTES (the admin login,
 # the API token endpoint, the emailed approval links). `manage.py axes_reset_username NAME`
 # unlocks early.
+# Content-Security-Policy (django-csp) on every response: only the portal's own scripts, styles,
+# images and fonts (static files, htmx included, which runs without eval), no inline script or
+# style, no framing, forms post only here.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
+
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
     "django.contrib.auth.backends.ModelBackend",

@@ -579,9 +579,11 @@ def scheduler_with_token(schedulers: dict[Any, Any], token: str):
 
 
 def test_two_schedulers_create_one_execution_per_cron_fire_and_the_standby_takes_over(
-    api, processes, redis_conn
+    api, processes, redis_conn, settings
 ):
-    # A per-second cron (croniter's optional sixth field), so fires keep coming during the test.
+    # A per-second cron (croniter's optional sixth field), so fires keep coming during the test:
+    # faster than a real workflow may go (OPSFLOW_CRON_MIN_INTERVAL), so the limit is lowered.
+    settings.OPSFLOW_CRON_MIN_INTERVAL = 1
     create_and_publish(
         api,
         {

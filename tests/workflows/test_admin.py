@@ -379,7 +379,7 @@ def test_the_execution_changelist_shows_the_status_badge_and_jobs(
 
     assert response.status_code == 200
     page = response.content.decode()
-    assert 'class="opsflow-badge opsflow-completed"' in page
+    assert 'class="opsflow-badge opsflow-completed opsflow-bg-green"' in page  # green: completed
     assert '<td class="field-jobs">2/2</td>' in page
     assert f'href="{execution_url(finished_execution)}"' in page
 
