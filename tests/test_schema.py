@@ -133,3 +133,57 @@ def test_readyz_names_the_database_when_it_is_the_store_that_is_down(redis_conn,
     assert body["checks"] == {"database": False, "redis": True}
     assert body["down"] == ["database"]
     assert body["unsent_steps"] is None  # unknown without the database
+
+
+@pytest.fixture
+def schema(viewer, api_for) -> dict:
+    return api_for(viewer).get("/api/v1/schema/", {"format": "json"}).json()
+
+
+def _field(schema: dict, component: str, field: str) -> dict:
+    return schema["components"]["schemas"][component]["properties"][field]
+
+
+@pytest.mark.parametrize(
+    ("component", "field"),
+    [
+        ("Approval", "decided_by"),
+        ("ExecutionDetail", "triggered_by"),
+        ("ExecutionEvent", "step"),
+        ("WorkflowVersion", "created_by"),
+    ],
+)
+def test_fields_that_come_back_null_are_declared_nullable(schema, component, field):
+    """Issue 10 item 5: these were declared non-null and answered null (a webhook run has no
+    user, a log line no step, a version made by a command no author)."""
+    assert _field(schema, component, field).get("nullable") is True
+
+
+def test_the_bulk_endpoints_declare_what_they_answer(schema):
+    for action in ("bulk-retry", "bulk-discard"):
+        ok = schema["paths"][f"/api/v1/incomplete-executions/{action}/"]["post"]["responses"]["200"]
+        ref = ok["content"]["application/json"]["schema"]["$ref"]
+        assert ref == "#/components/schemas/BulkResult"
+    assert set(schema["components"]["schemas"]["BulkResult"]["properties"]) == {"done", "skipped"}
+
+
+def test_every_operation_documents_its_errors_in_the_error_shape(schema):
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            codes = set(operation["responses"])
+            assert {"401", "403"} <= codes or path.endswith("/auth/token/"), (method, path)
+            if "{" in path:
+                assert "404" in codes, (method, path)
+            if method in ("post", "put", "patch"):
+                assert {"400", "413"} <= codes, (method, path)
+            error = operation["responses"].get("404") or operation["responses"]["400"]
+            assert error["content"]["application/json"]["schema"] == {
+                "$ref": "#/components/schemas/Error"
+            }
+    cancel = schema["paths"]["/api/v1/executions/{id}/cancel/"]["post"]["responses"]
+    assert "409" in cancel
+    assert set(schema["components"]["schemas"]["Error"]["properties"]["error"]["required"]) == {
+        "code",
+        "message",
+        "details",
+    }

@@ -334,6 +334,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "apps.accounts.api.schema.document_errors",
+    ],
     "ENUM_NAME_OVERRIDES": {
         "ExecutionStatusEnum": "apps.executions.choices.ExecutionStatus",
         "ApprovalStatusEnum": "apps.approvals.choices.ApprovalStatus",

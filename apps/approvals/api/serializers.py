@@ -5,7 +5,9 @@ from apps.approvals.models import Approval
 
 class ApprovalSerializer(serializers.ModelSerializer):
     workflow = serializers.CharField(source="execution.workflow.slug", read_only=True)
-    decided_by = serializers.CharField(source="decided_by.username", default=None, read_only=True)
+    decided_by = serializers.CharField(
+        source="decided_by.username", default=None, read_only=True, allow_null=True
+    )
     responses = serializers.SerializerMethodField()
     can_respond = serializers.SerializerMethodField()
 

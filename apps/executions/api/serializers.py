@@ -35,7 +35,7 @@ class ExecutionSerializer(serializers.ModelSerializer):
     workflow = serializers.CharField(source="workflow.slug", read_only=True)
     version = serializers.IntegerField(source="version.number", read_only=True)
     triggered_by = serializers.CharField(
-        source="triggered_by.username", default=None, read_only=True
+        source="triggered_by.username", default=None, read_only=True, allow_null=True
     )
     duration_ms = serializers.IntegerField(read_only=True, allow_null=True)
     jobs_completed = serializers.IntegerField(read_only=True)
@@ -86,7 +86,7 @@ class ExecutionDetailSerializer(ExecutionSerializer):
 
 
 class ExecutionEventSerializer(serializers.ModelSerializer):
-    step = serializers.PrimaryKeyRelatedField(read_only=True)
+    step = serializers.PrimaryKeyRelatedField(read_only=True, allow_null=True)
 
     class Meta:
         model = ExecutionEvent
@@ -179,6 +179,18 @@ class BulkSerializer(serializers.Serializer):
         if not attrs.get("ids") and not attrs.get("all_matching"):
             raise serializers.ValidationError("give ids, or all_matching: true with filters")
         return attrs
+
+
+class BulkSkippedSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    reason = serializers.CharField()
+
+
+class BulkResultSerializer(serializers.Serializer):
+    """What a bulk action did: the ids it acted on, and each one it skipped with why."""
+
+    done = serializers.ListField(child=serializers.IntegerField())
+    skipped = BulkSkippedSerializer(many=True)
 
 
 class MarkSucceededSerializer(serializers.Serializer):

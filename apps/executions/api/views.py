@@ -13,6 +13,7 @@ from apps.accounts.permissions import has_role, scope_to_user
 from apps.executions import services
 from apps.executions.api.serializers import (
     AgentSerializer,
+    BulkResultSerializer,
     BulkSerializer,
     ExecutionDetailSerializer,
     ExecutionEventSerializer,
@@ -185,13 +186,13 @@ class IncompleteExecutionViewSet(
                 skipped.append({"id": record.pk, "reason": str(exc)})
         return Response({"done": done, "skipped": skipped})
 
-    @extend_schema(request=BulkSerializer)
+    @extend_schema(request=BulkSerializer, responses=BulkResultSerializer)
     @action(detail=False, methods=["post"], url_path="bulk-retry")
     def bulk_retry(self, request):
         """Retry the given ids, or every record matching the filters (`all_matching: true`)."""
         return self._bulk(request, lambda r: services.retry_incomplete(r, user=request.user))
 
-    @extend_schema(request=BulkSerializer)
+    @extend_schema(request=BulkSerializer, responses=BulkResultSerializer)
     @action(detail=False, methods=["post"], url_path="bulk-discard")
     def bulk_discard(self, request):
         """Discard the given ids, or every record matching the filters (`all_matching: true`)."""

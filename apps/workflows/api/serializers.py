@@ -88,7 +88,9 @@ class WorkflowPatchSerializer(serializers.ModelSerializer):
 class WorkflowVersionSerializer(serializers.ModelSerializer):
     version = serializers.IntegerField(source="number")
     definition = serializers.SerializerMethodField()
-    created_by = serializers.CharField(source="created_by.username", default=None)
+    created_by = serializers.CharField(
+        source="created_by.username", default=None, read_only=True, allow_null=True
+    )
     is_current = serializers.SerializerMethodField()
 
     class Meta:
