@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install lint migrations-check bench clean
+.PHONY: run test install lint migrations-check bench fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ migrations-check: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/engine_overhead.py
+
+## make fuzz: schemathesis over every API operation as each role, longer than CI's run.
+fuzz: $(STAMP)
+	$(BIN)/python scripts/fuzz.py --examples 100 --max-time 600
 
 clean:
 	rm -rf $(VENV) var/test .pytest_cache

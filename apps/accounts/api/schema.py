@@ -41,7 +41,7 @@ CONFLICTS = ("cancel", "retrigger", "mark-succeeded", "retry", "trigger", "appro
 
 def _codes(path: str, method: str) -> list[str]:
     if path.endswith("/auth/token/"):
-        return ["400", "401", "413", "429"]
+        return ["400", "413", "429"]
     codes = ["401", "403"]
     writes = method in ("post", "put", "patch")
     if writes or method == "get":
@@ -51,8 +51,10 @@ def _codes(path: str, method: str) -> list[str]:
     if writes:
         codes.append("413")
     last = path.rstrip("/").rsplit("/", 1)[-1]
-    if last in CONFLICTS or (method == "delete" and "/workflows/" in path) or (
-        method == "delete" and "/incomplete-executions/" in path
+    if (
+        last in CONFLICTS
+        or (method == "delete" and "/workflows/" in path)
+        or (method == "delete" and "/incomplete-executions/" in path)
     ):
         codes.append("409")
     return codes

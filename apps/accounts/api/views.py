@@ -8,7 +8,7 @@ from django.contrib.auth import authenticate
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.authtoken.models import Token
-from rest_framework.exceptions import APIException, AuthenticationFailed
+from rest_framework.exceptions import APIException, ValidationError
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -50,6 +50,6 @@ class TokenView(APIView):
         if getattr(http_request, "axes_locked_out", False):  # this failure reached the limit
             raise LockedOut(lockout_message(credentials["username"]))
         if user is None or not user.is_active:
-            raise AuthenticationFailed("Unable to log in with this user name and password.")
+            raise ValidationError("Unable to log in with this user name and password.")
         token, _ = Token.objects.get_or_create(user=user)
         return Response({"token": token.key})
