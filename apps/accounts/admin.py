@@ -1,7 +1,9 @@
 from django.contrib import admin
 
 from apps.accounts.admin_mixins import MissingIs404
-from apps.accounts.models import Membership, Organization
+from apps.accounts.choices import Role
+from apps.accounts.models import AuditEntry, Membership, Organization
+from apps.accounts.permissions import has_role, organizations_for
 
 
 class MembershipInline(admin.TabularInline):
@@ -19,3 +21,39 @@ class OrganizationAdmin(MissingIs404, admin.ModelAdmin):
 
     def has_module_permission(self, request):
         return request.user.is_superuser
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(MissingIs404, admin.ModelAdmin):
+    """Read-only. Admins of an organization see its entries; superusers see all, logins too."""
+
+    list_display = ["created_at", "actor_name", "action", "object_repr", "organization", "address"]
+    list_filter = ["action", ("organization", admin.RelatedOnlyFieldListFilter), "created_at"]
+    search_fields = ["actor_name", "object_repr", "object_id", "action"]
+    date_hierarchy = "created_at"
+    readonly_fields = [f.name for f in AuditEntry._meta.fields]
+
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request).select_related("organization", "actor")
+        if request.user.is_superuser:
+            return queryset
+        return queryset.filter(organization__in=organizations_for(request.user, Role.ADMIN))
+
+    def has_module_permission(self, request):
+        return organizations_for(request.user, Role.ADMIN).exists()
+
+    def has_view_permission(self, request, obj=None):
+        if obj is None:
+            return self.has_module_permission(request)
+        return request.user.is_superuser or (
+            obj.organization is not None and has_role(request.user, obj.organization, Role.ADMIN)
+        )
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

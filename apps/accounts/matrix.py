@@ -227,6 +227,14 @@ ACTIONS: tuple[Action, ...] = (
         "of their own organizations.",
     ),
     Action(
+        "audit.read",
+        "Read the audit log of the organization",
+        Role.ADMIN,
+        api=("GET /api/v1/audit/", "GET /api/v1/audit/{pk}/"),
+        admin=("accounts_auditentry_changelist", "accounts_auditentry_change"),
+        note="Failed logins belong to no organization: superusers see them.",
+    ),
+    Action(
         "auth.token",
         "Exchange one's user name and password for one's API token",
         CAN_READ,

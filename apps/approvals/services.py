@@ -14,6 +14,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from apps.accounts import audit
 from apps.accounts.choices import CAN_EXECUTE
 from apps.accounts.models import Membership
 from apps.accounts.permissions import has_role
@@ -179,6 +180,12 @@ def decide(approval: Approval, user, decision: str, note: str = "", via: str = "
                 _settle(execution, approval, ApprovalStatus.REJECTED, response)
             elif approvals >= approval.required_approvals:
                 _settle(execution, approval, ApprovalStatus.APPROVED, response)
+    audit.record(
+        f"approval.{decision}",
+        approval,
+        user=user,
+        changes={"decision": [None, decision], "note": [None, note], "via": [None, via]},
+    )
     return approval
 
 

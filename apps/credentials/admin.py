@@ -76,8 +76,8 @@ class CredentialAdmin(FormWithUser, OrganizationScopedAdmin, admin.ModelAdmin):
             messages.error(request, str(exc))
 
     def delete_model(self, request, obj):
-        delete_credential(obj)
+        delete_credential(obj, request.user)
 
     def delete_queryset(self, request, queryset):
         for credential in queryset:
-            delete_credential(credential)
+            delete_credential(credential, request.user)

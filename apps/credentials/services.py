@@ -7,6 +7,7 @@ from typing import Any
 
 from django.db import IntegrityError, transaction
 
+from apps.accounts import audit
 from apps.credentials import crypto
 from apps.credentials.hosts import normalized, pattern_problem
 from apps.credentials.models import (
@@ -91,6 +92,15 @@ def create_credential(organization, user, **fields: Any) -> Credential:
     try:
         with transaction.atomic():
             credential.save()
+            audit.record(
+                "credential.create",
+                credential,
+                user=user,
+                changes={
+                    "value": [None, audit.CHANGED],
+                    "allowed_hosts": [None, credential.allowed_hosts],
+                },
+            )
     except IntegrityError:
         raise CredentialInvalid(
             {"name": f"{organization.slug} already has a credential {fields['name']!r}"}
@@ -110,17 +120,25 @@ def update_credential(credential: Credential, user, **fields: Any) -> Credential
     if unknown:
         raise CredentialInvalid({k: "unknown field" for k in sorted(unknown)})
     fields = _checked(fields)
+    changes = {}
     if "value" in fields:
         credential.set_value(fields.pop("value"))
+        changes["value"] = [audit.CHANGED, audit.CHANGED]
+    changes.update(audit.diff({k: getattr(credential, k) for k in fields}, fields))
     for key, value in fields.items():
         setattr(credential, key, value)
     credential.updated_by = user
     credential.save()
+    if changes:
+        audit.record("credential.change", credential, user=user, changes=changes)
     return credential
 
 
-def delete_credential(credential: Credential) -> None:
+def delete_credential(credential: Credential, user=None) -> None:
+    target = ("credentials.credential", str(credential.pk), credential.name)
+    organization = credential.organization
     credential.delete()
+    audit.record("credential.delete", user=user, organization=organization, target=target)
 
 
 def rotate_credentials() -> tuple[int, list[str]]:

@@ -20,6 +20,7 @@ from django.db import InterfaceError, OperationalError, close_old_connections, t
 from django.utils import timezone
 from redis.exceptions import RedisError
 
+from apps.accounts import audit
 from apps.credentials.runtime import Secrets
 from apps.executions import engine, errors
 from apps.executions.choices import (
@@ -121,6 +122,10 @@ def trigger_workflow(
                     execution.hold(hold)
                 else:
                     engine.dispatch_nodes(execution, graph, graph.entries)
+    if retriggered_from is None:  # a re-trigger is logged as such
+        audit.record(
+            "execution.trigger", execution, user=user, changes={"variables": [None, values]}
+        )
     return execution
 
 
@@ -747,6 +752,14 @@ def retry_incomplete(
             )
     if getattr(execution, "freed_incomplete_space", False):
         _after_space_freed(execution.workflow)
+    if not auto:
+        edited = sorted(k for k, v in (("input", input), ("bundles", bundles)) if v is not None)
+        audit.record(
+            "incomplete.retry",
+            record,
+            user=user,
+            changes={"edited": [None, edited], "use_current_version": [None, use_current_version]},
+        )
     return record
 
 
@@ -766,6 +779,9 @@ def discard_incomplete(record: IncompleteExecution, user=None) -> IncompleteExec
             who = user.username if user else "an operator"
             execution.fail(f"Incomplete execution discarded by {who}")
     _after_space_freed(record.workflow)
+    audit.record(
+        "incomplete.discard", record, user=user, changes={"status": ["unresolved", "discarded"]}
+    )
     return record
 
 
@@ -814,6 +830,12 @@ def mark_step_succeeded(step: Step, output: dict[str, Any], user) -> Step:
             )
             engine.resume(execution, engine.graph_for(execution.version))
     _after_space_freed(execution.workflow)
+    audit.record(
+        "step.mark_succeeded",
+        done,
+        user=user,
+        changes={"status": [step.status, done.status], "output": [None, output]},
+    )
     return done
 
 
@@ -831,6 +853,9 @@ def cancel_execution(execution: Execution, user=None) -> Execution:
         for record in locked.incomplete_records.open():
             record.close(IncompleteStatus.DISCARDED, user)
     _after_space_freed(locked.workflow)
+    audit.record(
+        "execution.cancel", locked, user=user, changes={"status": [execution.status, locked.status]}
+    )
     return locked
 
 
@@ -846,6 +871,9 @@ def retrigger_execution(execution: Execution, user=None) -> Execution:
     )
     who = f" by {user.username}" if user and user.is_authenticated else ""
     execution.log(EventKind.RETRIGGERED, f"Re-triggered{who} as execution #{new.pk}")
+    audit.record(
+        "execution.retrigger", execution, user=user, changes={"retriggered_as": [None, new.pk]}
+    )
     return new
 
 

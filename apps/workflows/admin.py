@@ -16,7 +16,14 @@ from apps.executions.services import WorkflowNotRunnable, trigger_workflow
 from apps.workflows.definition import DefinitionError, dump_document, masked_definition
 from apps.workflows.forms import RunWorkflowForm, WorkflowDefinitionForm
 from apps.workflows.models import Workflow, WorkflowVersion
-from apps.workflows.services import create_workflow, publish_workflow, update_draft
+from apps.workflows.services import (
+    change_workflow,
+    create_workflow,
+    publish_workflow,
+    rotate_webhook_key,
+    set_webhook_secret,
+    update_draft,
+)
 
 
 class WorkflowVersionInline(admin.TabularInline):
@@ -104,9 +111,12 @@ class WorkflowAdmin(FormWithUser, OrganizationScopedAdmin, admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):
         definition = form.cleaned_data["definition"]
-        if change:
-            update_draft(obj, definition)
-            obj.save(update_fields=["is_active", "webhook_secret", "updated_at"])
+        if change:  # `obj` already holds the form's values: the services compare with the row
+            stored = Workflow.objects.get(pk=obj.pk)
+            update_draft(stored, definition, request.user)
+            change_workflow(stored, request.user, is_active=obj.is_active)
+            set_webhook_secret(stored, obj.webhook_secret, request.user)
+            obj.refresh_from_db()
         else:
             created = create_workflow(form.cleaned_data["organization"], definition, request.user)
             obj.pk = created.pk
@@ -168,7 +178,7 @@ class WorkflowAdmin(FormWithUser, OrganizationScopedAdmin, admin.ModelAdmin):
         workflow = self._workflow(request, pk)
         if not has_role(request.user, workflow.organization, CAN_EDIT):
             raise PermissionDenied("Rotating the webhook key needs the editor role.")
-        workflow.rotate_webhook_key()
+        rotate_webhook_key(workflow, request.user)
         messages.success(
             request,
             f"New webhook URL: /hooks/{workflow.webhook_key}/ (the old one no longer works).",

@@ -100,6 +100,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "axes.middleware.AxesMiddleware",
+    "apps.accounts.audit.AuditMiddleware",
 ]
 
 # Login throttling (django-axes): after OPSFLOW_LOGIN_FAILURE_LIMIT failures for one user name

@@ -23,6 +23,7 @@ from rest_framework.test import APIClient
 
 from apps.accounts.choices import Role
 from apps.accounts.matrix import ACTIONS, BY_KEY, ROLES, markdown
+from apps.accounts.models import AuditEntry
 from apps.approvals.models import Approval
 from apps.approvals.notifications import make_token
 from apps.credentials.models import Credential
@@ -471,6 +472,19 @@ def agents_read(w: World, user) -> dict[str, bool]:
     }
 
 
+def audit_read(w: World, user) -> dict[str, bool]:
+    entry = AuditEntry.objects.create(organization=w.org, action="probe", actor_name="root")
+    return read_channels(
+        user,
+        "/api/v1/audit/",
+        "id",
+        entry.pk,
+        f"/api/v1/audit/{entry.pk}/",
+        "/accounts/auditentry/",
+        f"/accounts/auditentry/{entry.pk}/change/",
+    )
+
+
 def auth_token(w: World, user) -> dict[str, bool]:
     password = "pw" if user.is_superuser else f"pw-{user.username}"
     answer = APIClient().post(
@@ -509,6 +523,7 @@ PROBES: dict[str, Callable[[World, object], dict[str, bool]]] = {
     "approvals.decide": approvals_decide,
     "credentials.manage": credentials_manage,
     "agents.read": agents_read,
+    "audit.read": audit_read,
     "auth.token": auth_token,
     "organizations.manage": organizations_manage,
     "rq.dashboard": rq_dashboard,
@@ -578,6 +593,8 @@ UNLISTED_ADMIN_VIEWS = {
     "accounts_organization_add": "organizations.manage",
     "accounts_organization_change": "organizations.manage",
     "accounts_organization_delete": "organizations.manage",
+    "accounts_auditentry_add": "nobody (written by the services)",
+    "accounts_auditentry_delete": "nobody",
     "executions_execution_add": "nobody (runs start by trigger)",
     "executions_incompleteexecution_add": "nobody (failures make them)",
     "executions_agent_add": "nobody (agents register themselves)",

@@ -87,5 +87,5 @@ class CredentialViewSet(
 
     @extend_schema(responses={204: None})
     def destroy(self, request, name=None):
-        delete_credential(self.get_object())
+        delete_credential(self.get_object(), request.user)
         return Response(status=status.HTTP_204_NO_CONTENT)

@@ -22,7 +22,13 @@ from apps.workflows.api.serializers import (
 from apps.workflows.definition import DefinitionError
 from apps.workflows.filtersets import WorkflowFilterSet
 from apps.workflows.models import Workflow
-from apps.workflows.services import create_workflow, publish_workflow, update_draft
+from apps.workflows.services import (
+    change_workflow,
+    create_workflow,
+    delete_workflow,
+    publish_workflow,
+    update_draft,
+)
 
 
 def definition_problems(exc: DefinitionError) -> DefinitionInvalid:
@@ -83,12 +89,12 @@ class WorkflowViewSet(
         workflow = self.get_object()
         serializer = WorkflowPatchSerializer(workflow, data=request.data, partial=True)
         serializer.is_valid(raise_exception=True)
-        serializer.save()
+        change_workflow(workflow, request.user, **serializer.validated_data)
         return Response(self.get_serializer(workflow).data)
 
     def perform_destroy(self, instance):
         try:
-            instance.delete()
+            delete_workflow(instance, self.request.user)
         except ProtectedError:
             raise Conflict("This workflow still has executions that must be kept.") from None
 
@@ -98,7 +104,7 @@ class WorkflowViewSet(
         """Replace the draft with a new definition document (validated completely)."""
         workflow = self.get_object()
         try:
-            update_draft(workflow, request.data)
+            update_draft(workflow, request.data, request.user)
         except DefinitionError as exc:
             raise definition_problems(exc) from None
         return Response(self.get_serializer(workflow).data)
