@@ -267,3 +267,30 @@ def test_unknown_api_paths_are_404_for_anonymous_callers_too(db):
 
     assert answer.status_code == 404
     assert answer.json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_response_nested_past_the_limit_is_kept_as_text_only(org, workers):
+    from http.server import BaseHTTPRequestHandler
+
+    from tests.local_http import reply, serving
+
+    class Deep(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            reply(self, 200, ("[" * 500 + "]" * 500).encode(), {"Content-Type": "application/json"})
+
+        def log_message(self, *args):
+            pass
+
+    with serving(Deep) as url:
+        definition = {
+            "slug": "deep",
+            "name": "deep",
+            "nodes": [{"id": "get", "type": "http.request", "config": {"url": url}}],
+        }
+        execution = workers.run_to_end(trigger_workflow(make_workflow(org, definition)))
+
+    output = execution.steps.get().output
+    assert execution.status == ExecutionStatus.COMPLETED
+    assert output["json"] is None and output["body"].startswith("[[[")
+    assert output["json_problem"].endswith(DEPTH_MESSAGE)

@@ -9,7 +9,6 @@ moment later (DNS rebinding) cannot slip past. TLS still verifies the name.
 from __future__ import annotations
 
 import ipaddress
-import json
 import socket
 import time
 from datetime import UTC, datetime
@@ -24,6 +23,7 @@ from apps.credentials.hosts import host_allowed
 from apps.executions import errors
 from apps.executions.masking import mask_headers
 from apps.executions.nodes.base import NodeContext, NodeType, Problem, cap_text, register
+from config.limits import document_problem, loads_json
 
 METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}
 
@@ -258,9 +258,14 @@ class HttpRequestNode(NodeType):
             output["truncated"] = True
         elif "json" in response.headers.get("content-type", ""):
             try:
-                output["json"] = json.loads(body)
+                parsed = loads_json(body)
             except ValueError:
-                output["json"] = None
+                parsed = None
+            problem = document_problem(parsed)
+            if problem:  # kept as text in `body`; the parsed form is what later nodes recurse into
+                output["json_problem"] = f"{problem[0] or 'the body'}: {problem[1]}"
+                parsed = None
+            output["json"] = parsed
 
         expected = config.get("expect_status")
         ok = response.status_code in expected if expected else response.status_code < 400
