@@ -190,3 +190,14 @@ def test_every_operation_documents_its_errors_in_the_error_shape(schema):
         "message",
         "details",
     }
+
+
+def test_operation_ids_are_unique_and_the_same_on_every_generation(viewer, api_for):
+    def ids() -> list[str]:
+        schema = api_for(viewer).get("/api/v1/schema/", {"format": "json"}).json()
+        return [op["operationId"] for ops in schema["paths"].values() for op in ops.values()]
+
+    first = ids()
+    assert len(first) == len(set(first))
+    assert ids() == first
+    assert {"workflows_trigger_create", "incomplete_executions_bulk_retry_create"} <= set(first)

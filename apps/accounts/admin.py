@@ -28,7 +28,13 @@ class AuditEntryAdmin(MissingIs404, admin.ModelAdmin):
     """Read-only. Admins of an organization see its entries; superusers see all, logins too."""
 
     list_display = ["created_at", "actor_name", "action", "object_repr", "organization", "address"]
-    list_filter = ["action", ("organization", admin.RelatedOnlyFieldListFilter), "created_at"]
+    list_filter = [
+        "action",
+        "actor_name",
+        "object_type",
+        ("organization", admin.RelatedOnlyFieldListFilter),
+        "created_at",
+    ]
     search_fields = ["actor_name", "object_repr", "object_id", "action"]
     date_hierarchy = "created_at"
     readonly_fields = [f.name for f in AuditEntry._meta.fields]
