@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from apps.accounts.admin_mixins import MissingIs404
+from apps.accounts.admin_mixins import MissingIs404, ReadOnlyAdmin
 from apps.accounts.choices import Role
 from apps.accounts.models import AuditEntry, Membership, Organization
 from apps.accounts.permissions import has_role, organizations_for
@@ -24,7 +24,7 @@ class OrganizationAdmin(MissingIs404, admin.ModelAdmin):
 
 
 @admin.register(AuditEntry)
-class AuditEntryAdmin(MissingIs404, admin.ModelAdmin):
+class AuditEntryAdmin(MissingIs404, ReadOnlyAdmin, admin.ModelAdmin):
     """Read-only. Admins of an organization see its entries; superusers see all, logins too."""
 
     list_display = ["created_at", "actor_name", "action", "object_repr", "organization", "address"]
@@ -54,12 +54,3 @@ class AuditEntryAdmin(MissingIs404, admin.ModelAdmin):
         return request.user.is_superuser or (
             obj.organization is not None and has_role(request.user, obj.organization, Role.ADMIN)
         )
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

@@ -148,6 +148,12 @@ class _Validator:
     def add(self, path: str, message: str) -> None:
         self.problems.append(Problem(path, message))
 
+    def at_most(self, key: str, items: list, limit: int, setting: str) -> None:
+        """Too many nodes or edges: one problem, and validation stops there."""
+        if len(items) > limit:
+            self.add(key, f"at most {setting} ({limit}) {key}; this definition has {len(items)}")
+            raise DefinitionError(self.problems)
+
     def run(self) -> dict[str, Any]:
         doc = self.doc
         if not isinstance(doc, dict):
@@ -291,13 +297,7 @@ class _Validator:
         if not isinstance(nodes, list) or not nodes:
             self.add("nodes", "must be a list of at least one node")
             return []
-        if len(nodes) > settings.OPSFLOW_MAX_NODES:
-            self.add(
-                "nodes",
-                f"at most OPSFLOW_MAX_NODES ({settings.OPSFLOW_MAX_NODES}) nodes; "
-                f"this definition has {len(nodes)}",
-            )
-            raise DefinitionError(self.problems)
+        self.at_most("nodes", nodes, settings.OPSFLOW_MAX_NODES, "OPSFLOW_MAX_NODES")
         seen: dict[str, int] = {}
         out = []
         for index, node in enumerate(nodes):
@@ -400,13 +400,7 @@ class _Validator:
         if not isinstance(edges, list):
             self.add("edges", "must be a list of {from, to, on}")
             return []
-        if len(edges) > settings.OPSFLOW_MAX_EDGES:
-            self.add(
-                "edges",
-                f"at most OPSFLOW_MAX_EDGES ({settings.OPSFLOW_MAX_EDGES}) edges; "
-                f"this definition has {len(edges)}",
-            )
-            raise DefinitionError(self.problems)
+        self.at_most("edges", edges, settings.OPSFLOW_MAX_EDGES, "OPSFLOW_MAX_EDGES")
         by_id = {n["id"]: n for n in nodes if isinstance(n.get("id"), str)}
         out = []
         seen = set()
