@@ -188,7 +188,8 @@ def _timed_out() -> DataError:
 
 
 def _trace_lines(frame, event, arg):
-    if time.monotonic() > _clock.deadline:
+    deadline = getattr(_clock, "deadline", None)  # None: a template frame closed after the render
+    if deadline is not None and time.monotonic() > deadline:
         raise _timed_out()
     return _trace_lines
 
