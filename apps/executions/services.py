@@ -768,6 +768,7 @@ def discard_incomplete(record: IncompleteExecution, user=None) -> IncompleteExec
     with transaction.atomic():
         execution = Execution.objects.select_for_update().get(pk=record.execution_id)
         record.refresh_from_db()
+        before = record.status
         if record.status == IncompleteStatus.RETRYING:  # moved under this same lock: no race
             raise WrongState(
                 f"Incomplete execution #{record.pk} is retrying; cancel execution "
@@ -780,7 +781,7 @@ def discard_incomplete(record: IncompleteExecution, user=None) -> IncompleteExec
             execution.fail(f"Incomplete execution discarded by {who}")
     _after_space_freed(record.workflow)
     audit.record(
-        "incomplete.discard", record, user=user, changes={"status": ["unresolved", "discarded"]}
+        "incomplete.discard", record, user=user, changes={"status": [before, record.status]}
     )
     return record
 
