@@ -20,10 +20,6 @@ from django.conf import settings
 _UNSTORABLE_TEXT = re.compile("[\x00\ud800-\udfff]")
 
 
-class DocumentTooLarge(ValueError):
-    """Parsed, the document is bigger than OPSFLOW_MAX_BODY_BYTES."""
-
-
 def depth_message() -> str:
     return f"nested deeper than OPSFLOW_MAX_DEPTH ({settings.OPSFLOW_MAX_DEPTH} levels)"
 
@@ -74,6 +70,14 @@ def document_problem(value: Any) -> tuple[str, str] | None:
         else:
             size += 8
     return None
+
+
+def problem_text(problem: tuple[str, str], whole: str = "") -> str:
+    """A document problem as one line: `path: message`, naming `whole` when the path is the
+    document itself (or just the message when `whole` is empty too)."""
+    path, message = problem
+    where = path or whole
+    return f"{where}: {message}" if where else message
 
 
 def loads_json(text: str | bytes, **kwargs: Any) -> Any:

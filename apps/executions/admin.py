@@ -29,7 +29,7 @@ from apps.executions.choices import (
 )
 from apps.executions.models import Agent, Execution, IncompleteExecution
 from apps.workflows.definition import DefinitionError
-from config.limits import document_problem, loads_json
+from config.limits import document_problem, loads_json, problem_text
 
 
 def status_badge(status: str, label: str | None = None, colours=STATUS_COLOURS):
@@ -207,7 +207,7 @@ class ExecutionAdmin(ReadOnlyAdmin, OrganizationScopedAdmin, admin.ModelAdmin):
             output = loads_json(request.POST.get("output") or "{}")
             problem = document_problem(output)
             if problem:
-                raise ValueError(f"{problem[0] or 'the output'}: {problem[1]}")
+                raise ValueError(problem_text(problem, "the output"))
             services.mark_step_succeeded(step, output, request.user)
             messages.success(
                 request, f"{step.node_id} marked succeeded; the run goes on from there."
@@ -427,7 +427,7 @@ def _retry_edits(record: IncompleteExecution, bundles_text: str, input_text: str
     for name, value in (("Bundles", bundles), ("Input", new_input)):
         problem = document_problem(value)
         if problem:
-            raise ValueError(f"{name} not accepted: {problem[0] or 'the value'}: {problem[1]}")
+            raise ValueError(f"{name} not accepted: {problem_text(problem, 'the value')}")
     if not isinstance(bundles, dict):
         raise ValueError("Bundles must be a JSON object with variables and nodes.")
     if new_input is not None and not isinstance(new_input, dict):

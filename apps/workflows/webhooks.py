@@ -22,7 +22,7 @@ from apps.executions.choices import Trigger
 from apps.executions.services import WorkflowNotRunnable, trigger_workflow
 from apps.workflows.definition import DefinitionError
 from apps.workflows.models import WebhookDelivery, Workflow
-from config.limits import document_problem, loads_json
+from config.limits import document_problem, loads_json, problem_text
 
 SIGNATURE_HEADER = "X-Opsflow-Signature"
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
@@ -111,12 +111,11 @@ def receive(request, key: str):
         )
     problem = document_problem(payload)
     if problem:
-        path, message = problem
         return error(
             400,
             "invalid",
-            f"The body cannot be accepted: {path + ': ' if path else ''}{message}.",
-            [{"path": path, "message": message}],
+            f"The body cannot be accepted: {problem_text(problem)}.",
+            [{"path": problem[0], "message": problem[1]}],
         )
     variables = payload.get("variables", {})
     if not isinstance(variables, dict):

@@ -9,7 +9,7 @@ from django.conf import settings
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 
-from config.limits import document_problem, loads_json
+from config.limits import document_problem, loads_json, problem_text
 
 
 class LimitedJSONParser(JSONParser):
@@ -23,8 +23,7 @@ class LimitedJSONParser(JSONParser):
             raise ParseError(f"JSON parse error - {exc}") from None
         problem = document_problem(data)
         if problem:
-            path, message = problem
-            raise ParseError(f"The body is not accepted: {path + ': ' if path else ''}{message}.")
+            raise ParseError(f"The body is not accepted: {problem_text(problem)}.")
         return data
 
 

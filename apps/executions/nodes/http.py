@@ -23,7 +23,7 @@ from apps.credentials.hosts import host_allowed
 from apps.executions import errors
 from apps.executions.masking import mask_headers
 from apps.executions.nodes.base import NodeContext, NodeType, Problem, cap_text, register
-from config.limits import document_problem, loads_json
+from config.limits import document_problem, loads_json, problem_text
 
 METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}
 
@@ -263,7 +263,7 @@ class HttpRequestNode(NodeType):
                 parsed = None
             problem = document_problem(parsed)
             if problem:  # kept as text in `body`; the parsed form is what later nodes recurse into
-                output["json_problem"] = f"{problem[0] or 'the body'}: {problem[1]}"
+                output["json_problem"] = problem_text(problem, "the body")
                 parsed = None
             output["json"] = parsed
 
