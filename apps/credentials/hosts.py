@@ -9,6 +9,7 @@ port, any port of the host matches. Names compare without case.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 _LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
 _NAME = rf"(?:\*\.)?{_LABEL}(?:\.{_LABEL})*"
@@ -33,7 +34,7 @@ def normalized(patterns: list[str]) -> list[str]:
     return list(dict.fromkeys(p.strip().lower() for p in patterns))
 
 
-def host_allowed(patterns: list[str], host: str, port: int) -> bool:
+def host_allowed(patterns: Iterable[str], host: str, port: int) -> bool:
     """Whether a request to host:port (the port already defaulted from the scheme) may carry
     a credential bound to `patterns`."""
     host = host.lower().rstrip(".")

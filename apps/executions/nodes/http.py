@@ -46,7 +46,7 @@ def credential_guard(credentials: dict[str, Any]):
         url = request.url
         port = url.port or (443 if url.scheme == "https" else 80)
         for name, used in credentials.items():
-            if not host_allowed(list(used.allowed_hosts), url.host, port):
+            if not host_allowed(used.allowed_hosts, url.host, port):
                 shown = f"{url.host}:{port}" if url.port else url.host
                 raise CredentialNotAllowed(f"credential {name!r} is not allowed for host {shown!r}")
 
