@@ -78,6 +78,7 @@ from bench._common import (  # noqa: E402
     run_main,
     service_matcher,
     setup_django,
+    wait_for_http,
     wait_for_workers,
 )
 
@@ -399,22 +400,6 @@ def main() -> int:
         print()
         print(profile_report)
     return 1 if args.check and not held else 0
-
-
-def wait_for_http(url: str, children: Children, timeout: float = 60.0) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while True:
-        children.check_alive()
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{url} did not answer 200 within {timeout:.0f} s")
-        time.sleep(0.2)
 
 
 def healthz_ceiling(base_url: str, args: argparse.Namespace, meter: CpuMeter) -> Run:

@@ -21,6 +21,49 @@ from apps.executions.worker import ThreadAgentWorker
 from tests.factories import make_org, make_user
 
 
+def _uses_database(item) -> bool:
+    names = getattr(item, "fixturenames", ())
+    return bool(
+        item.get_closest_marker("django_db") or "db" in names or "transactional_db" in names
+    )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """After every test that used the database: each execution's step counters equal what its
+    step rows say (the triggers of apps/executions/counters.py). Every engine test checks them
+    through retries, interruptions, resumes, mark-succeeded, cancels and skips."""
+    result = yield
+    from django.db import connection
+
+    closed = connection.in_atomic_block and connection.closed_in_transaction
+    if _uses_database(item) and not closed:  # (a test that closed its connection: nothing to read)
+        wrong = step_counters_off()
+        assert not wrong, f"step counters (stored, from the rows) disagree: {wrong}"
+    return result
+
+
+def step_counters_off() -> dict[int, tuple[dict, dict]]:
+    """Executions whose stored counters differ from a count of their step rows."""
+    from django.db.models import Count, Q
+
+    from apps.executions.choices import STEP_FAILED, StepStatus
+
+    names = ["steps_completed", "steps_failed", "steps_skipped"]
+    rows = Execution.objects.order_by().annotate(
+        n_completed=Count("steps", filter=Q(steps__status=StepStatus.COMPLETED)),
+        n_failed=Count("steps", filter=Q(steps__status__in=STEP_FAILED)),
+        n_skipped=Count("steps", filter=Q(steps__status=StepStatus.SKIPPED)),
+    )
+    off = {}
+    for e in rows:
+        stored = {n: getattr(e, n) for n in names}
+        counted = {n: getattr(e, "n_" + n.removeprefix("steps_")) for n in names}
+        if stored != counted:
+            off[e.pk] = (stored, counted)
+    return off
+
+
 @pytest.fixture
 def org(db):
     return make_org("acme")

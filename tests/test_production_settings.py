@@ -51,6 +51,9 @@ def test_the_entry_points_and_the_procfile_default_to_production():
         assert 'setdefault("DJANGO_SETTINGS_MODULE", "config.settings.production")' in text
     procfile = (ROOT / "Procfile").read_text().splitlines()
     assert len(procfile) == 3
+    # the web tier serves requests in parallel: a process per core unless WEB_CONCURRENCY says
+    assert procfile[0].startswith("web: ")
+    assert procfile[0].endswith("--workers ${WEB_CONCURRENCY:-$(nproc)}")
     for line in procfile:
         assert (
             "DJANGO_SETTINGS_MODULE=${DJANGO_SETTINGS_MODULE:-config.settings.production}" in line

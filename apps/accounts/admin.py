@@ -3,7 +3,7 @@ from django.contrib import admin
 from apps.accounts.admin_mixins import MissingIs404, ReadOnlyAdmin
 from apps.accounts.choices import Role
 from apps.accounts.models import AuditEntry, Membership, Organization
-from apps.accounts.permissions import has_role, organizations_for
+from apps.accounts.permissions import has_role, holds_role_anywhere, organizations_for
 
 
 class MembershipInline(admin.TabularInline):
@@ -46,7 +46,7 @@ class AuditEntryAdmin(MissingIs404, ReadOnlyAdmin, admin.ModelAdmin):
         return queryset.filter(organization__in=organizations_for(request.user, Role.ADMIN))
 
     def has_module_permission(self, request):
-        return organizations_for(request.user, Role.ADMIN).exists()
+        return holds_role_anywhere(request.user, Role.ADMIN)
 
     def has_view_permission(self, request, obj=None):
         if obj is None:

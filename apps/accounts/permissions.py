@@ -2,10 +2,55 @@
 
 from __future__ import annotations
 
+from contextvars import ContextVar
+
 from django.db.models import QuerySet
 
 from apps.accounts.choices import ROLE_RANK, Role
 from apps.accounts.models import Membership, Organization
+
+# The user's roles as read once in this request (RolesMiddleware); None outside a request, where
+# every check asks the database.
+_roles: ContextVar[dict | None] = ContextVar("opsflow_request_roles", default=None)
+
+
+class RolesMiddleware:
+    """Remember each role looked up while one request is served: an admin page checks the same
+    user's roles once per model in the sidebar and once per row (an approval inbox), and
+    without this each check is a query."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        token = _roles.set({})
+        try:
+            return self.get_response(request)
+        finally:
+            _roles.reset(token)
+
+
+def _remembered(key, look_up):
+    memo = _roles.get()
+    if memo is None:
+        return look_up()
+    if key not in memo:
+        memo[key] = look_up()
+    return memo[key]
+
+
+def group_names_of(user) -> frozenset[str]:
+    """The names of the user's Django groups (approvers may be named as `group:<name>`)."""
+    return _remembered(
+        ("groups", user.pk), lambda: frozenset(user.groups.values_list("name", flat=True))
+    )
+
+
+def holds_role_anywhere(user, role: str = Role.VIEWER) -> bool:
+    """Whether the user holds at least `role` in some organization (admin module permissions)."""
+    if not user or not user.is_authenticated:
+        return False
+    return _remembered(("anywhere", user.pk, role), lambda: organizations_for(user, role).exists())
 
 
 def organizations_for(user, role: str = Role.VIEWER) -> QuerySet[Organization]:
@@ -28,8 +73,15 @@ def scope_to_user(queryset: QuerySet, user, field: str = "organization") -> Quer
 def role_in(user, organization: Organization) -> str | None:
     if user.is_superuser:
         return Role.ADMIN
-    membership = Membership.objects.filter(user=user, organization=organization).first()
-    return membership.role if membership else None
+    return _remembered(
+        ("in", user.pk, organization.pk),
+        lambda: (
+            Membership.objects.filter(user=user, organization=organization)
+            .values_list("role", flat=True)
+            .order_by("pk")  # not Meta.ordering, which joins the organization for its name
+            .first()
+        ),
+    )
 
 
 def is_member(user, organization: Organization) -> bool:

@@ -2,13 +2,19 @@ from __future__ import annotations
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.db.models import Count
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.http import url_has_allowed_host_and_scheme
 
-from apps.accounts.admin_mixins import OrganizationScopedAdmin, ReadOnlyAdmin, row_or_404
+from apps.accounts.admin_mixins import (
+    OrganizationScopedAdmin,
+    ReadOnlyAdmin,
+    VolumeListMixin,
+    row_or_404,
+)
 from apps.approvals import services
 from apps.approvals.choices import APPROVAL_COLOURS, Decision, Via
 from apps.approvals.models import Approval
@@ -20,7 +26,7 @@ def approval_badge(status: str):
 
 
 @admin.register(Approval)
-class ApprovalAdmin(ReadOnlyAdmin, OrganizationScopedAdmin, admin.ModelAdmin):
+class ApprovalAdmin(VolumeListMixin, ReadOnlyAdmin, OrganizationScopedAdmin, admin.ModelAdmin):
     """Every approval gate of your organizations; the inbox lists what waits on you."""
 
     organization_field = "execution__workflow__organization"
@@ -38,6 +44,11 @@ class ApprovalAdmin(ReadOnlyAdmin, OrganizationScopedAdmin, admin.ModelAdmin):
     list_filter = ["status"]
     search_fields = ["node_id", "message"]
     list_select_related = ["execution__workflow"]
+    list_defer = [
+        "execution__workflow__draft",
+        "execution__variables",
+        "execution__trigger_data",
+    ]
     change_list_template = "admin/approvals/approval/change_list.html"
 
     @admin.display(description="Workflow")
@@ -60,7 +71,10 @@ class ApprovalAdmin(ReadOnlyAdmin, OrganizationScopedAdmin, admin.ModelAdmin):
 
     @admin.display(description="Responses")
     def responses_count(self, obj):
-        return f"{obj.responses.count()}/{obj.required_approvals}"
+        return f"{obj.responses_given}/{obj.required_approvals}"
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(responses_given=Count("responses"))
 
     def get_urls(self):
         return [

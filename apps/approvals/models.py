@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.contrib.auth.models import Group
 from django.db import models
 from django.urls import reverse
 from django.utils import timezone
@@ -69,13 +68,13 @@ class Approval(models.Model):
         group is global, so `group:sre` must never reach another organization's members. A
         member named explicitly may decide whatever their role, a viewer included: naming them
         is the grant."""
-        from apps.accounts.permissions import is_member
+        from apps.accounts.permissions import group_names_of, is_member
 
         if not is_member(user, self.execution.workflow.organization):
             return False
         if user.username in self.usernames:
             return True
-        return Group.objects.filter(user=user, name__in=self.group_names).exists()
+        return bool(self.group_names) and not group_names_of(user).isdisjoint(self.group_names)
 
     def decide(self, status: str, user=None, reason: str = "") -> None:
         """pending → approved/rejected/expired/cancelled. The caller holds the row lock."""

@@ -109,7 +109,8 @@ def can_respond(approval: Approval, user) -> bool:
         check_may_respond(approval, user)
     except NotAllowed:
         return False
-    return not approval.responses.filter(user=user).exists()
+    # Over the (often prefetched) responses: a gate has a handful, and lists ask per row.
+    return all(response.user_id != user.pk for response in approval.responses.all())
 
 
 def waiting_on(user):
@@ -117,9 +118,9 @@ def waiting_on(user):
     from apps.accounts.permissions import scope_to_user
 
     pending = scope_to_user(
-        Approval.objects.pending().select_related(
-            "execution__workflow__organization", "execution__triggered_by"
-        ),
+        Approval.objects.pending()
+        .select_related("execution__workflow__organization", "execution__triggered_by")
+        .prefetch_related("responses"),
         user,
         field="execution__workflow__organization",
     )

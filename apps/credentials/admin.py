@@ -4,7 +4,7 @@ from django.contrib import admin, messages
 
 from apps.accounts.admin_mixins import FormWithUser, OrganizationScopedAdmin
 from apps.accounts.choices import CAN_EDIT
-from apps.accounts.permissions import has_role, organizations_for
+from apps.accounts.permissions import has_role, holds_role_anywhere, organizations_for
 from apps.credentials.forms import CredentialForm
 from apps.credentials.models import Credential
 from apps.credentials.services import (
@@ -34,7 +34,7 @@ class CredentialAdmin(FormWithUser, OrganizationScopedAdmin, admin.ModelAdmin):
         )
 
     def has_module_permission(self, request):
-        return organizations_for(request.user, CAN_EDIT).exists()
+        return holds_role_anywhere(request.user, CAN_EDIT)
 
     def has_view_permission(self, request, obj=None):
         if obj is None:

@@ -99,7 +99,9 @@ def trigger_workflow(
             Workflow.objects.select_for_update().only("id").get(pk=workflow.pk)
         execution = Execution.objects.create(
             workflow=workflow,
+            organization_id=workflow.organization_id,
             version=version,
+            steps_total=len(graph.nodes),
             trigger=trigger,
             trigger_data=trigger_data or {},
             variables=values,

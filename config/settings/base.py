@@ -101,6 +101,7 @@ MIDDLEWARE = [
     "django_htmx.middleware.HtmxMiddleware",
     "axes.middleware.AxesMiddleware",
     "apps.accounts.audit.AuditMiddleware",
+    "apps.accounts.permissions.RolesMiddleware",
 ]
 
 # Login throttling (django-axes): after OPSFLOW_LOGIN_FAILURE_LIMIT failures for one user name
@@ -233,6 +234,10 @@ OPSFLOW_IE_STORAGE_LIMIT_BYTES = env_int(
 )
 OPSFLOW_APPROVAL_LINK_MAX_AGE = env_int("OPSFLOW_APPROVAL_LINK_MAX_AGE", 7 * 24 * 3600, minimum=60)
 OPSFLOW_RETENTION_DAYS = env_int("OPSFLOW_RETENTION_DAYS", 30, minimum=0)
+# Lists count exactly up to this many rows; beyond it the count is the planner's estimate.
+OPSFLOW_EXACT_COUNT_MAX = env_int("OPSFLOW_EXACT_COUNT_MAX", 10_000, minimum=100)
+# Retention deletes this many executions (with their steps and events) per transaction.
+OPSFLOW_PRUNE_BATCH = env_int("OPSFLOW_PRUNE_BATCH", 2_000, minimum=1)
 OPSFLOW_OVERDUE_GRACE = env_int("OPSFLOW_OVERDUE_GRACE", 60, minimum=0)
 OPSFLOW_WORKER_THREADS = env_int("OPSFLOW_WORKER_THREADS", 2, minimum=1)
 # Agents stamp a heartbeat in the database; the reconciler calls one dead after OPSFLOW_AGENT_TIMEOUT.
@@ -320,7 +325,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "DEFAULT_PAGINATION_CLASS": "apps.accounts.pagination.OpsflowPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "apps.accounts.api.errors.exception_handler",

@@ -151,7 +151,8 @@ def test_the_list_shows_each_gate_with_the_contract_fields_and_whether_you_can_r
 
     assert as_operator.status_code == 200, as_operator.content
     body = as_operator.json()
-    assert set(body) == {"count", "next", "previous", "results"}
+    assert set(body) == {"count", "count_exact", "next", "previous", "results"}
+    assert body["count_exact"] is True
     assert body["count"] == 1
     (item,) = body["results"]
     assert CONTRACT_FIELDS | {"can_respond"} <= set(item)

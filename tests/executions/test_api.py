@@ -128,7 +128,8 @@ def test_the_events_endpoint_lists_the_execution_log_oldest_first(
 
     assert response.status_code == 200, response.content
     body = response.json()
-    assert set(body) == {"count", "next", "previous", "results"}
+    assert set(body) == {"count", "count_exact", "next", "previous", "results"}
+    assert body["count_exact"] is True
     events = body["results"]
     assert body["count"] == len(events)
     kinds = [event["kind"] for event in events]
@@ -288,7 +289,8 @@ def test_the_list_is_paginated_and_shows_the_execution_fields(viewer, three_runs
 
     assert response.status_code == 200, response.content
     body = response.json()
-    assert set(body) == {"count", "next", "previous", "results"}
+    assert set(body) == {"count", "count_exact", "next", "previous", "results"}
+    assert body["count_exact"] is True
     assert body["count"] == 3
     first = body["results"][0]
     for field in (

@@ -151,7 +151,8 @@ def test_the_list_shows_each_incomplete_execution_with_the_contract_fields(
 
     assert response.status_code == 200, response.content
     body = response.json()
-    assert set(body) == {"count", "next", "previous", "results"}
+    assert set(body) == {"count", "count_exact", "next", "previous", "results"}
+    assert body["count_exact"] is True
     assert body["count"] == 1
     item = body["results"][0]
     assert not RECORD_FIELDS - set(item), RECORD_FIELDS - set(item)

@@ -217,7 +217,8 @@ def test_it_lists_only_the_workflows_of_the_users_organizations(viewer, deploy, 
 
     assert response.status_code == 200, response.content
     body = response.json()
-    assert set(body) == {"count", "next", "previous", "results"}
+    assert set(body) == {"count", "count_exact", "next", "previous", "results"}
+    assert body["count_exact"] is True
     assert body["count"] == 1
     assert [item["slug"] for item in body["results"]] == ["deploy"]
     assert body["results"][0]["published_version"] == 1
@@ -339,7 +340,8 @@ def test_versions_are_listed_newest_first_in_the_paginated_form(editor, deploy, 
 
     assert response.status_code == 200, response.content
     body = response.json()
-    assert set(body) == {"count", "next", "previous", "results"}
+    assert set(body) == {"count", "count_exact", "next", "previous", "results"}
+    assert body["count_exact"] is True
     assert body["count"] == 2
     assert body["next"] is None and body["previous"] is None
     assert [v["version"] for v in body["results"]] == [2, 1]

@@ -52,6 +52,7 @@ class AuditFilterSet(django_filters.FilterSet):
 class AuditViewSet(viewsets.ReadOnlyModelViewSet):
     serializer_class = AuditEntrySerializer
     filterset_class = AuditFilterSet
+    cursor_ordering = ("-created_at", "-id")
 
     queryset = AuditEntry.objects.none()  # for the schema; get_queryset scopes the real one
 

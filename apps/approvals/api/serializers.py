@@ -36,7 +36,7 @@ class ApprovalSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
     def get_responses(self, obj) -> list[dict]:
-        return [r.as_dict() for r in obj.responses.select_related("user")]
+        return [r.as_dict() for r in obj.responses.all()]  # prefetched with their users
 
     def get_can_respond(self, obj) -> bool:
         from apps.approvals.services import can_respond

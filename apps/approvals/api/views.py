@@ -1,3 +1,4 @@
+from django.db.models import Prefetch
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, viewsets
 from rest_framework.decorators import action
@@ -11,7 +12,7 @@ from apps.approvals import services
 from apps.approvals.api.serializers import ApprovalSerializer, DecisionSerializer
 from apps.approvals.choices import Decision, Via
 from apps.approvals.filtersets import ApprovalFilterSet
-from apps.approvals.models import Approval
+from apps.approvals.models import Approval, ApprovalResponse
 
 
 class ApprovalViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
@@ -20,11 +21,17 @@ class ApprovalViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     serializer_class = ApprovalSerializer
     filterset_class = ApprovalFilterSet
     permission_classes = [IsAuthenticated]
+    cursor_ordering = ("-created_at", "-id")
 
     def get_queryset(self):
-        qs = Approval.objects.select_related(
-            "execution__workflow__organization", "decided_by"
-        ).order_by("-created_at", "-id")
+        qs = (
+            Approval.objects.select_related("execution__workflow__organization", "decided_by")
+            .prefetch_related(
+                Prefetch("responses", queryset=ApprovalResponse.objects.select_related("user"))
+            )
+            .defer("execution__workflow__draft", "execution__variables", "execution__trigger_data")
+            .order_by("-created_at", "-id")
+        )
         return scope_to_user(qs, self.request.user, field="execution__workflow__organization")
 
     def _decide(self, request, decision: str):

@@ -38,8 +38,14 @@ class ExecutionSerializer(serializers.ModelSerializer):
         source="triggered_by.username", default=None, read_only=True, allow_null=True
     )
     duration_ms = serializers.IntegerField(read_only=True, allow_null=True)
-    jobs_completed = serializers.IntegerField(read_only=True)
-    jobs_total = serializers.IntegerField(read_only=True)
+    jobs_completed = serializers.IntegerField(source="steps_completed", read_only=True)
+    jobs_failed = serializers.IntegerField(
+        source="steps_failed", read_only=True, help_text="Attempts that failed or timed out."
+    )
+    jobs_skipped = serializers.IntegerField(source="steps_skipped", read_only=True)
+    jobs_total = serializers.IntegerField(
+        source="steps_total", read_only=True, help_text="Nodes in the execution's version."
+    )
 
     class Meta:
         model = Execution
@@ -58,6 +64,8 @@ class ExecutionSerializer(serializers.ModelSerializer):
             "finished_at",
             "duration_ms",
             "jobs_completed",
+            "jobs_failed",
+            "jobs_skipped",
             "jobs_total",
             "retriggered_from",
             "error_message",

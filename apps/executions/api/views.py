@@ -40,18 +40,21 @@ class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
     permission_classes = [IsAuthenticated, OrganizationRole]
     action_roles = {"cancel": CAN_EXECUTE, "retrigger": CAN_EXECUTE, "mark_succeeded": CAN_EXECUTE}
 
+    @property
+    def cursor_ordering(self):
+        """`?cursor=` pages: newest first; an execution's events oldest first."""
+        return ("created_at", "id") if self.action == "events" else ("-created_at", "-id")
+
     def organization_of(self, obj):
-        return obj.workflow.organization
+        return obj.organization
 
     def get_queryset(self):
-        qs = (
-            Execution.objects.select_related("workflow__organization", "version", "triggered_by")
-            .with_counts()
-            .order_by("-created_at", "-id")  # grouped queries ignore Meta.ordering
-        )
+        qs = Execution.objects.select_related(
+            "organization", "workflow", "version", "triggered_by"
+        ).defer("workflow__draft", "version__definition")  # a row needs the slug and number
         if self.action == "retrieve":
             qs = qs.prefetch_related("steps", Prefetch("incomplete_records"))
-        return scope_to_user(qs, self.request.user, field="workflow__organization")
+        return scope_to_user(qs, self.request.user)
 
     def get_serializer_class(self):
         return ExecutionDetailSerializer if self.action == "retrieve" else ExecutionSerializer
@@ -123,6 +126,7 @@ class IncompleteExecutionViewSet(
 
     filterset_class = IncompleteExecutionFilterSet
     permission_classes = [IsAuthenticated, OrganizationRole]
+    cursor_ordering = ("-created_at", "-id")
     action_roles = {"retry": CAN_EXECUTE, "destroy": CAN_EXECUTE}
 
     def organization_of(self, obj):

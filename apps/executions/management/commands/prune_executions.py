@@ -11,8 +11,14 @@ class Command(BaseCommand):
             "--dry-run", action="store_true", help="Only count what would be deleted."
         )
 
-    def handle(self, *args, dry_run, **options):
-        counts = prune_executions(dry_run=dry_run)
+    def handle(self, *args, dry_run, verbosity, **options):
+        self.verbosity = verbosity
+
+        def progress(workflow: str, deleted: int) -> None:
+            if self.verbosity > 1:
+                self.stdout.write(f"  {workflow}: {deleted} deleted so far")
+
+        counts = prune_executions(dry_run=dry_run, progress=progress)
         verb = "Would delete" if dry_run else "Deleted"
         for workflow, count in sorted(counts.items()):
             self.stdout.write(f"{verb} {count} execution(s) of {workflow}")
