@@ -53,7 +53,8 @@ def test_the_entry_points_and_the_procfile_default_to_production():
     assert len(procfile) == 3
     # the web tier serves requests in parallel: a process per core unless WEB_CONCURRENCY says
     assert procfile[0].startswith("web: ")
-    assert procfile[0].endswith("--workers ${WEB_CONCURRENCY:-$(nproc)}")
+    assert "--workers ${WEB_CONCURRENCY:-$(nproc)}" in procfile[0]
+    assert procfile[0].endswith("--http config.http:NoDelayH11Protocol")
     for line in procfile:
         assert (
             "DJANGO_SETTINGS_MODULE=${DJANGO_SETTINGS_MODULE:-config.settings.production}" in line

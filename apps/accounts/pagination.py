@@ -21,6 +21,9 @@ from rest_framework.pagination import CursorPagination, PageNumberPagination
 from rest_framework.response import Response
 
 
+DEEP_OFFSET = 1_000  # from this offset on, a page reads its ids before its rows
+
+
 def planner_estimate(queryset) -> int | None:
     """The row count PostgreSQL's planner expects for the query, or None elsewhere."""
     if connections[queryset.db].vendor != "postgresql":
@@ -68,11 +71,20 @@ class EstimatingPaginator(Paginator):
         if self.count_exact:
             return super().page(number)
         bottom = (number - 1) * self.per_page
-        rows = list(self.object_list[bottom : bottom + self.per_page + 1])
+        rows = self._slice(bottom, bottom + self.per_page + 1)
         if not rows and number > 1:
             raise EmptyPage("That page contains no results")
         self.more = len(rows) > self.per_page
         return EstimatedPage(rows[: self.per_page], number, self, more=self.more)
+
+    def _slice(self, start: int, stop: int) -> list:
+        """The rows [start:stop]. Deep in a large list, the ids first (the offset walks an
+        index, not joined rows), then those rows: the late-row lookup of deep pagination."""
+        if start < DEEP_OFFSET or not hasattr(self.object_list, "query"):
+            return list(self.object_list[start:stop])
+        ids = list(self.object_list.values_list("pk", flat=True)[start:stop])
+        rows = {row.pk: row for row in self.object_list.filter(pk__in=ids)}
+        return [rows[pk] for pk in ids if pk in rows]
 
     def get_elided_page_range(self, number=1, *, on_each_side=3, on_ends=2):
         """The admin's page links: past an estimate there is no last page to link to, so the

@@ -5,7 +5,10 @@ from apps.approvals.models import Approval
 
 
 class ApprovalFilterSet(django_filters.FilterSet):
-    status = django_filters.MultipleChoiceFilter(choices=ApprovalStatus.choices)
+    status = django_filters.MultipleChoiceFilter(
+        choices=ApprovalStatus.choices,
+        distinct=False,  # a column of the row: DISTINCT would only cost
+    )
     workflow = django_filters.CharFilter(
         field_name="execution__workflow__slug", label="Workflow slug"
     )

@@ -70,7 +70,7 @@ class Approval(models.Model):
         is the grant."""
         from apps.accounts.permissions import group_names_of, is_member
 
-        if not is_member(user, self.execution.workflow.organization):
+        if not is_member(user, self.execution.organization):
             return False
         if user.username in self.usernames:
             return True

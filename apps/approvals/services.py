@@ -11,7 +11,7 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Prefetch, Q
 from django.utils import timezone
 
 from apps.accounts import audit
@@ -88,7 +88,7 @@ def permitted_users(approval: Approval):
 
 def check_may_respond(approval: Approval, user) -> None:
     """Raise NotAllowed with the reason when `user` may not respond."""
-    organization = approval.execution.workflow.organization
+    organization = approval.execution.organization
     member_may = approval.open_to_members and has_role(user, organization, CAN_EXECUTE)
     if not member_may and not approval.is_assigned(user):
         if approval.open_to_members:
@@ -114,15 +114,35 @@ def can_respond(approval: Approval, user) -> bool:
 
 
 def waiting_on(user):
-    """Pending approvals this user may decide now, across all workflows (the inbox)."""
-    from apps.accounts.permissions import scope_to_user
+    """Pending approvals this user may decide now, across all workflows (the inbox).
 
+    Every portal page shows its count, so the database first narrows the gates to those the
+    user might decide (open to the operators of an organization where the user is one, or
+    naming approvers; not answered yet); can_respond then decides each, as everywhere."""
+    from apps.accounts.permissions import organization_ids_for, scope_to_user
+
+    might = Q(
+        open_to_members=True,
+        execution__organization_id__in=organization_ids_for(user, CAN_EXECUTE),
+    ) | ~Q(approvers=[])
     pending = scope_to_user(
         Approval.objects.pending()
-        .select_related("execution__workflow__organization", "execution__triggered_by")
-        .prefetch_related("responses"),
+        .filter(might)
+        .exclude(responses__user=user)
+        .select_related("execution__organization")
+        .only(
+            "status",
+            "approvers",
+            "open_to_members",
+            "allow_self_approval",
+            "execution__triggered_by_id",
+            "execution__organization__id",
+        )
+        .prefetch_related(
+            Prefetch("responses", queryset=ApprovalResponse.objects.only("approval_id", "user_id"))
+        ),
         user,
-        field="execution__workflow__organization",
+        field="execution__organization",
     )
     ids = [a.pk for a in pending if can_respond(a, user)]
     return Approval.objects.filter(pk__in=ids)

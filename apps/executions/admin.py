@@ -32,6 +32,7 @@ from apps.executions.choices import (
     STEP_FAILED,
     ExecutionStatus,
 )
+from apps.executions.errors import INCOMPLETE_ERROR_TYPES
 from apps.executions.models import Agent, Execution, IncompleteExecution
 from apps.workflows.definition import DefinitionError
 from apps.workflows.models import Workflow
@@ -69,6 +70,22 @@ class WorkflowFilter(admin.SimpleListFilter):
         value = self.value()
         if value and value.isdigit():
             return queryset.filter(workflow_id=int(value))
+        return queryset
+
+
+class ErrorTypeFilter(admin.SimpleListFilter):
+    """The error types a record can have, from the engine's vocabulary: Django's all-values
+    filter would read the distinct error types of every record on each page."""
+
+    title = "error type"
+    parameter_name = "error_type__exact"
+
+    def lookups(self, request, model_admin):
+        return [(name, name) for name in INCOMPLETE_ERROR_TYPES]
+
+    def queryset(self, request, queryset):
+        if self.value():
+            return queryset.filter(error_type=self.value())
         return queryset
 
 
@@ -303,7 +320,8 @@ class IncompleteExecutionAdmin(VolumeListMixin, OrganizationScopedAdmin, admin.M
         "created_at",
     ]
     list_display_links = None
-    list_filter = ["status", "error_type", WorkflowFilter]
+    list_filter = ["status", ErrorTypeFilter, WorkflowFilter]
+    list_per_page = 50
     search_fields = ["node_id", "error_message", "workflow__slug"]
     list_select_related = ["workflow"]
     actions = ["retry_selected", "discard_selected"]

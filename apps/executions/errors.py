@@ -93,6 +93,10 @@ _INCOMPLETE_POLICY = {
 }
 
 
+# The error types an incomplete execution can be stored for (a filter's choices, no query).
+INCOMPLETE_ERROR_TYPES = tuple(sorted(_INCOMPLETE_POLICY))
+
+
 def incomplete_policy(error_type: str) -> bool | None:
     """DESIGN §6 rule 5: True stores with auto-retry, False without, None fails the run."""
     return _INCOMPLETE_POLICY.get(error_type)

@@ -144,6 +144,28 @@ def test_an_estimated_count_still_pages_to_the_real_end(workflow, monkeypatch):
 
 
 @pytest.mark.django_db
+def test_a_deep_page_reads_its_ids_first_and_keeps_the_order(workflow, monkeypatch):
+    from apps.accounts import pagination
+
+    monkeypatch.setattr(pagination, "planner_estimate", lambda queryset: 2)
+    monkeypatch.setattr(pagination, "DEEP_OFFSET", 0)
+    runs = many(workflow, 7)
+    newest_first = [e.pk for e in sorted(runs, key=lambda e: (e.created_at, e.pk), reverse=True)]
+    paginator = pagination.EstimatingPaginator(
+        Execution.objects.select_related("workflow").order_by("-created_at", "-id"),
+        3,
+        exact_up_to=5,
+    )
+
+    with CaptureQueriesContext(connection) as queries:
+        second = paginator.page(2)
+
+    assert [e.pk for e in second.object_list] == newest_first[3:6]
+    assert second.object_list[0].workflow.slug == "volume"  # the rows, joined as asked
+    assert any('SELECT "executions_execution"."id" AS "pk"' in q["sql"] for q in queries)
+
+
+@pytest.mark.django_db
 def test_the_admin_list_never_counts_the_whole_table(workflow, owner, client, settings):
     settings.OPSFLOW_EXACT_COUNT_MAX = 100
     many(workflow, 101)

@@ -32,7 +32,7 @@ class ApprovalViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
             .defer("execution__workflow__draft", "execution__variables", "execution__trigger_data")
             .order_by("-created_at", "-id")
         )
-        return scope_to_user(qs, self.request.user, field="execution__workflow__organization")
+        return scope_to_user(qs, self.request.user, field="execution__organization")
 
     def _decide(self, request, decision: str):
         approval = self.get_object()  # another organization's approval answers 404

@@ -166,7 +166,9 @@ class Migration(migrations.Migration):
         ),
         migrations.AddIndex(
             model_name="execution",
-            index=models.Index(fields=["-created_at", "-id"], name="execution_recent"),
+            index=models.Index(
+                fields=["-created_at", "-id"], include=["organization"], name="execution_recent"
+            ),
         ),
         migrations.AddIndex(
             model_name="execution",
@@ -176,12 +178,18 @@ class Migration(migrations.Migration):
         ),
         migrations.AddIndex(
             model_name="execution",
-            index=models.Index(fields=["workflow", "-created_at", "-id"], name="execution_wf_recent"),
+            index=models.Index(
+                fields=["workflow", "-created_at", "-id"],
+                include=["organization"],
+                name="execution_wf_recent",
+            ),
         ),
         migrations.AddIndex(
             model_name="execution",
             index=models.Index(
-                fields=["status", "-created_at", "-id"], name="execution_status_recent"
+                fields=["status", "-created_at", "-id"],
+                include=["organization"],
+                name="execution_status_recent",
             ),
         ),
     ]
