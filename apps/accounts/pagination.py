@@ -20,7 +20,6 @@ from rest_framework import serializers
 from rest_framework.pagination import CursorPagination, PageNumberPagination
 from rest_framework.response import Response
 
-
 DEEP_OFFSET = 1_000  # from this offset on, a page reads its ids before its rows
 
 
