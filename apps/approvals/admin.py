@@ -43,7 +43,7 @@ class ApprovalAdmin(VolumeListMixin, ReadOnlyAdmin, OrganizationScopedAdmin, adm
     list_filter = ["status"]
     list_per_page = 50
     search_fields = ["node_id", "message"]
-    list_select_related = ["execution__workflow"]
+    list_select_related = ["execution__workflow", "execution__organization"]
     list_defer = [
         "execution__workflow__draft",
         "execution__variables",
@@ -94,7 +94,7 @@ class ApprovalAdmin(VolumeListMixin, ReadOnlyAdmin, OrganizationScopedAdmin, adm
 
     def inbox_view(self, request):
         approvals = services.waiting_on(request.user).select_related(
-            "execution__workflow", "execution__triggered_by"
+            "execution__workflow", "execution__organization", "execution__triggered_by"
         )
         context = {
             **self.admin_site.each_context(request),

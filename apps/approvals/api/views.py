@@ -25,7 +25,9 @@ class ApprovalViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
 
     def get_queryset(self):
         qs = (
-            Approval.objects.select_related("execution__workflow__organization", "decided_by")
+            Approval.objects.select_related(
+                "execution__workflow", "execution__organization", "decided_by"
+            )
             .prefetch_related(
                 Prefetch("responses", queryset=ApprovalResponse.objects.select_related("user"))
             )
