@@ -42,7 +42,6 @@ def main() -> int:
     db_label, _ = setup_django(None)
     from django.core.management import call_command
     from django.db import connection, connections
-    from django.test.utils import override_settings
     from django.utils import timezone
 
     from apps.executions.choices import EXECUTION_TERMINAL
@@ -92,9 +91,12 @@ def main() -> int:
     prober.start()
     started = time.perf_counter()
     last[0] = started
-    # The generated workflows keep the default retention: one setting for all of them.
-    with override_settings(OPSFLOW_RETENTION_DAYS=days):
-        counts = prune_executions(progress=progress)
+    # generate_history's workflows keep their runs forever (retention_days: 0, so the portal
+    # benchmark's history stays): here every workflow keeps `days` instead.
+    from apps.executions import retention
+
+    retention.retention_days = lambda workflow: days
+    counts = prune_executions(progress=progress)
     elapsed = time.perf_counter() - started
     stop.set()
     prober.join()

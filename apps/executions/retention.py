@@ -55,9 +55,11 @@ def prune_executions(
                 counts[name] = found
             continue
         oldest_first = prunable(workflow, now).order_by("pk").values_list("pk", flat=True)
-        while ids := list(oldest_first[:batch]):
+        after = 0  # each batch starts past the last: not through the index entries just deleted
+        while ids := list(oldest_first.filter(pk__gt=after)[:batch]):
             with transaction.atomic():
                 delete_rows(Execution, ids)
+            after = ids[-1]
             counts[name] = counts.get(name, 0) + len(ids)
             if progress:
                 progress(name, counts[name])
