@@ -10,6 +10,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from apps.accounts import audit
+from apps.accounts.models import AuditEntry
 from apps.approvals.models import Approval
 from apps.executions.choices import ExecutionStatus, IncompleteStatus, StepStatus
 from apps.executions.models import Execution, ExecutionEvent, IncompleteExecution, Step
@@ -26,6 +28,20 @@ def workflow(org):
 
 def many(workflow, n: int) -> list[Execution]:
     return [trigger_workflow(workflow) for _ in range(n)]
+
+
+def with_gate_and_record(execution, status: str = IncompleteStatus.UNRESOLVED) -> None:
+    """An approval on the run's first step and an incomplete-execution record for it."""
+    step = execution.steps.first()
+    Approval.objects.create(execution=execution, step=step, node_id=step.node_id)
+    IncompleteExecution.objects.create(
+        execution=execution,
+        workflow=execution.workflow,
+        organization=execution.workflow.organization,
+        node_id=step.node_id,
+        error_type="X",
+        status=status,
+    )
 
 
 # --- counters ---
@@ -248,16 +264,7 @@ def test_retention_deletes_in_batches_with_every_dependent_row(workflow, owner, 
     keep = trigger_workflow(workflow)
     retrigger = retrigger_execution(old[0], owner)  # survives, its link to the old run cleared
     for execution in old:
-        step = execution.steps.first()
-        Approval.objects.create(execution=execution, step=step, node_id=step.node_id)
-        IncompleteExecution.objects.create(
-            execution=execution,
-            workflow=workflow,
-            organization=workflow.organization,
-            node_id=step.node_id,
-            error_type="X",
-            status=IncompleteStatus.RESOLVED,
-        )
+        with_gate_and_record(execution, IncompleteStatus.RESOLVED)
         WebhookDelivery.objects.create(
             workflow=workflow, idempotency_key=f"k{execution.pk}", execution=execution
         )
@@ -292,7 +299,7 @@ LISTS = [
     ("/api/v1/executions/?cursor=", 4),
     ("/api/v1/incomplete-executions/", 5),
     ("/api/v1/approvals/", 7),
-    ("/api/v1/audit/", 4),
+    ("/api/v1/audit/", 5),
     ("/api/v1/workflows/", 6),
     ("/api/v1/agents/", 3),
     ("/api/v1/credentials/", 3),
@@ -302,6 +309,7 @@ LISTS = [
     ("/approvals/approval/", 15),
     ("/approvals/approval/inbox/", 13),
     ("/workflows/workflow/", 17),
+    ("/accounts/auditentry/", 21),
     ("/", 13),
 ]
 
@@ -311,15 +319,8 @@ def busy(workflow, owner):
     """Twenty runs with steps, approvals and incomplete records: an N+1 shows as 20 queries."""
     runs = many(workflow, 20)
     for execution in runs:
-        step = execution.steps.first()
-        Approval.objects.create(execution=execution, step=step, node_id=step.node_id)
-        IncompleteExecution.objects.create(
-            execution=execution,
-            workflow=workflow,
-            organization=workflow.organization,
-            node_id=step.node_id,
-            error_type="X",
-        )
+        with_gate_and_record(execution)
+        audit.record("execution.cancel", execution, user=owner)
     return runs
 
 
@@ -344,6 +345,7 @@ def test_details_cost_a_fixed_number_of_queries(
     execution = busy[0]
     record = IncompleteExecution.objects.filter(execution=execution).first()
     approval = execution.approvals.get()
+    entry = AuditEntry.objects.first()
     client.force_login(owner)
     api = api_for(owner)
     for get, url, most in [
@@ -354,6 +356,11 @@ def test_details_cost_a_fixed_number_of_queries(
         (client.get, f"/executions/execution/{execution.pk}/change/", 22),
         (client.get, f"/executions/incompleteexecution/{record.pk}/change/", 16),
         (client.get, f"/approvals/approval/{approval.pk}/change/", 17),
+        (api.get, "/api/v1/workflows/volume/", 5),
+        (api.get, "/api/v1/workflows/volume/versions/", 8),
+        (api.get, f"/api/v1/audit/{entry.pk}/", 4),
+        (client.get, f"/workflows/workflow/{execution.workflow_id}/change/", 20),
+        (client.get, f"/accounts/auditentry/{entry.pk}/change/", 15),
     ]:
         with django_assert_max_num_queries(most):
             assert get(url).status_code == 200, url
