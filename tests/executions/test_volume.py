@@ -3,6 +3,7 @@ cursor pages, batched retention, query counts that do not grow with the rows."""
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -196,6 +197,9 @@ def test_the_admin_list_never_counts_the_whole_table(workflow, owner, client, se
     assert bounded, "the paginator counts up to the bound first"
     if connection.vendor == "postgresql":
         assert counts == bounded, "and past it asks the planner, not COUNT(*)"
+        text = response.content.decode()
+        assert re.search(r"about \d+ results", text)  # the search bar's count: an estimate
+        assert re.search(r"about \d+ executions", text)  # and the paginator's
     assert not [q for q in queries.captured_queries if "executions_step" in q["sql"]]
 
 
