@@ -14,9 +14,11 @@ import json
 from functools import cached_property
 
 from django.conf import settings
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.paginator import EmptyPage, Page, Paginator
 from django.db import connections
 from rest_framework import serializers
+from rest_framework.exceptions import NotFound
 from rest_framework.pagination import CursorPagination, PageNumberPagination
 from rest_framework.response import Response
 
@@ -63,6 +65,8 @@ class EstimatingPaginator(Paginator):
             raise EmptyPage("That page number is not an integer") from None
         if number < 1:
             raise EmptyPage("That page number is less than 1")
+        if (number - 1) * self.per_page >= 2**63:  # past any table, and past a bigint OFFSET
+            raise EmptyPage("That page contains no results")
         return number
 
     def page(self, number):
@@ -126,15 +130,33 @@ class KeyCursor(CursorPagination):
     def get_ordering(self, request, queryset, view):
         return self.ordering
 
+    def paginate_queryset(self, queryset, request, view=None):
+        self.key_field = queryset.model._meta.get_field(self.ordering[0].lstrip("-"))
+        return super().paginate_queryset(queryset, request, view)
+
     def decode_cursor(self, request):
+        """The cursor, checked: it is base64 of a query string the client can forge, and its
+        position goes into a filter on the key column."""
         if not request.query_params.get(self.cursor_query_param):
             return None  # `?cursor=` with no value: the first page
         try:
-            return super().decode_cursor(request)
-        except Exception:  # NotFound("Invalid cursor"): the client sent something else
-            raise serializers.ValidationError(
-                {"cursor": ["Not a cursor from this list: follow `next`, or start without it."]}
-            ) from None
+            cursor = super().decode_cursor(request)
+        except NotFound:  # DRF's "Invalid cursor": the client sent something else
+            raise self.not_a_cursor() from None
+        if cursor.position is not None:
+            if "\x00" in cursor.position:
+                raise self.not_a_cursor()
+            try:
+                self.key_field.to_python(cursor.position)
+            except DjangoValidationError:
+                raise self.not_a_cursor() from None
+        return cursor
+
+    @staticmethod
+    def not_a_cursor() -> serializers.ValidationError:
+        return serializers.ValidationError(
+            {"cursor": ["Not a cursor from this list: follow `next`, or start without it."]}
+        )
 
 
 class OpsflowPagination(PageNumberPagination):

@@ -158,6 +158,8 @@ def test_an_estimated_count_still_pages_to_the_real_end(workflow, monkeypatch):
     assert [p.has_next() for p in pages] == [True, True, False]
     with pytest.raises(EmptyPage):
         paginator.page(4)
+    with pytest.raises(EmptyPage):  # not a database error about a bigint OFFSET
+        paginator.page(10**20)
 
 
 @pytest.mark.django_db
@@ -408,3 +410,17 @@ def test_the_migration_fills_counters_and_organization_for_existing_rows():
     second.refresh_from_db()
     assert second.steps_completed == 1
     assert third.steps_completed == 0
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("position", ["p=not-a-date", "p=2026-13-45", "o=-3", "r=x", "p=%00"])
+def test_a_forged_cursor_is_a_clear_400_too(workflow, operator, api_for, position):
+    import base64
+
+    many(workflow, 2)
+    cursor = base64.b64encode(position.encode()).decode()
+
+    response = api_for(operator).get(f"/api/v1/executions/?cursor={cursor}")
+
+    assert response.status_code == 400
+    assert "Not a cursor from this list" in str(response.json())
