@@ -2,6 +2,7 @@ import django_filters
 
 from apps.approvals.choices import ApprovalStatus
 from apps.approvals.models import Approval
+from apps.workflows.filtersets import WorkflowSlugFilter
 
 
 class ApprovalFilterSet(django_filters.FilterSet):
@@ -9,9 +10,7 @@ class ApprovalFilterSet(django_filters.FilterSet):
         choices=ApprovalStatus.choices,
         distinct=False,  # a column of the row: DISTINCT would only cost
     )
-    workflow = django_filters.CharFilter(
-        field_name="execution__workflow__slug", label="Workflow slug"
-    )
+    workflow = WorkflowSlugFilter("execution__workflow")
     mine = django_filters.ChoiceFilter(
         choices=[("true", "true"), ("false", "false")], method="filter_mine", label="Waiting on me"
     )

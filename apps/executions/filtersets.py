@@ -2,13 +2,13 @@ import django_filters
 
 from apps.executions.choices import AgentState, ExecutionStatus, IncompleteStatus, Trigger
 from apps.executions.models import Agent, Execution, IncompleteExecution
-from apps.workflows.models import Workflow
+from apps.workflows.filtersets import WorkflowSlugFilter
 
 
 class ExecutionFilterSet(django_filters.FilterSet):
     """One filterset for the API and the admin list."""
 
-    workflow = django_filters.CharFilter(method="filter_workflow", label="Workflow slug")
+    workflow = WorkflowSlugFilter()
     status = django_filters.MultipleChoiceFilter(
         choices=ExecutionStatus.choices,
         distinct=False,  # a column of the row: DISTINCT would only cost
@@ -22,11 +22,6 @@ class ExecutionFilterSet(django_filters.FilterSet):
         label="Scheduled runs whose time passed more than OPSFLOW_OVERDUE_GRACE ago",
     )
 
-    def filter_workflow(self, queryset, name, value):
-        # The workflows' ids, not a join: the planner then walks execution_wf_recent in order.
-        ids = list(Workflow.objects.filter(slug=value).values_list("pk", flat=True))
-        return queryset.filter(workflow_id__in=ids)
-
     def filter_overdue(self, queryset, name, value):
         from apps.executions.cron import overdue
 
@@ -39,7 +34,7 @@ class ExecutionFilterSet(django_filters.FilterSet):
 
 
 class IncompleteExecutionFilterSet(django_filters.FilterSet):
-    workflow = django_filters.CharFilter(field_name="workflow__slug", label="Workflow slug")
+    workflow = WorkflowSlugFilter()
     status = django_filters.MultipleChoiceFilter(
         choices=IncompleteStatus.choices,
         distinct=False,  # a column of the row: DISTINCT would only cost

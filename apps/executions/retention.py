@@ -75,13 +75,24 @@ def _relations(model) -> list:
 
 
 def _dependents(model) -> list:
-    """The relations that point at `model`; tables with no dependents of their own first, so
-    they are gone before their parents' SET_NULL links would be cleared."""
+    """The relations that point at `model`, in the order to empty them: tables with no
+    dependents of their own first, then those that also point at another dependent (an
+    approval at its step), so each is gone before the rows it points at are looked through."""
+    relations = _relations(model)
+    siblings = {r.related_model for r in relations} - {model}
 
     def has_own(relation) -> bool:
         return relation.related_model is not model and bool(_relations(relation.related_model))
 
-    return sorted(_relations(model), key=has_own)
+    def points_at_sibling(relation) -> bool:
+        return any(
+            f.concrete
+            and (f.many_to_one or f.one_to_one)
+            and f.related_model in siblings - {relation.related_model}
+            for f in relation.related_model._meta.get_fields()
+        )
+
+    return sorted(relations, key=lambda r: (has_own(r), not points_at_sibling(r)))
 
 
 DELETE_CHUNK = 5_000  # ids a statement: well under the bound parameters a database accepts

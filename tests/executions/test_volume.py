@@ -424,3 +424,16 @@ def test_a_forged_cursor_is_a_clear_400_too(workflow, operator, api_for, positio
 
     assert response.status_code == 400
     assert "Not a cursor from this list" in str(response.json())
+
+
+@pytest.mark.django_db
+def test_the_workflow_filter_means_the_same_on_every_list(workflow, org, owner, api_for):
+    other = make_workflow(org, chain_definition("other", 1))
+    for run in (trigger_workflow(workflow), trigger_workflow(other)):
+        with_gate_and_record(run)
+    api = api_for(owner)
+
+    for path in ("executions", "incomplete-executions", "approvals"):
+        rows = api.get(f"/api/v1/{path}/?workflow=other").json()["results"]
+        assert [row["workflow"] for row in rows] == ["other"], path
+        assert api.get(f"/api/v1/{path}/?workflow=nope").json()["results"] == [], path
