@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import functools
+import operator
 import uuid
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -15,6 +17,7 @@ from apps.executions.choices import (
     EXECUTION_TERMINAL,
     INCOMPLETE_OPEN,
     STEP_FAILED,
+    STEP_OPEN,
     STEP_RUNNABLE,
     AgentState,
     EventKind,
@@ -40,7 +43,10 @@ def _ms(start: datetime | None, end: datetime | None) -> int | None:
 class Execution(models.Model):
     """One run of one published workflow version, created by one trigger event."""
 
-    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="executions")
+    # No index of its own: execution_wf_recent and (workflow, status) lead with it.
+    workflow = models.ForeignKey(
+        Workflow, on_delete=models.CASCADE, related_name="executions", db_index=False
+    )
     # The workflow's organization, copied at creation (a workflow never changes organization):
     # scoping a list to the user's organizations is then an index range, not a join.
     organization = models.ForeignKey(
@@ -280,13 +286,15 @@ class Execution(models.Model):
 class Step(models.Model):
     """One attempt of one node in one execution. A node retried twice has three rows."""
 
-    execution = models.ForeignKey(Execution, on_delete=models.CASCADE, related_name="steps")
+    # No index of its own: unique_step_attempt leads with the execution and serves every
+    # lookup by it (one index fewer to keep on each step written).
+    execution = models.ForeignKey(
+        Execution, on_delete=models.CASCADE, related_name="steps", db_index=False
+    )
     node_id = models.CharField(max_length=64)
     node_type = models.CharField(max_length=64)
     attempt = models.PositiveIntegerField(default=1)
-    status = models.CharField(
-        max_length=16, choices=StepStatus.choices, default=StepStatus.PENDING, db_index=True
-    )
+    status = models.CharField(max_length=16, choices=StepStatus.choices, default=StepStatus.PENDING)
     queue = models.CharField(max_length=64, default="default")
     worker = models.CharField(max_length=200, blank=True)
     rq_job_id = models.CharField(max_length=64, blank=True)
@@ -318,6 +326,19 @@ class Step(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["execution", "node_id", "attempt"], name="unique_step_attempt"
+            ),
+        ]
+        indexes = [
+            # The watchdog, the reconciler and the agents look for open steps across all
+            # executions; the finished ones (nearly all of the table) stay out of this index.
+            # ORed equalities rather than IN: PostgreSQL prints that predicate back the way it
+            # reads it, so generate_history can rebuild the index and find it unchanged.
+            models.Index(
+                fields=["status"],
+                condition=functools.reduce(
+                    operator.or_, (models.Q(status=s.value) for s in sorted(STEP_OPEN))
+                ),
+                name="step_open",
             ),
         ]
 

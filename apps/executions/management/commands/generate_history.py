@@ -29,7 +29,7 @@ class Command(BaseCommand):
         parser.add_argument("--organizations", type=positive, default=2)
         parser.add_argument("--days", type=positive, default=365, help="History ends now.")
         parser.add_argument("--seed", type=int, default=None)
-        parser.add_argument("--batch-size", type=positive, default=50_000)
+        parser.add_argument("--batch-size", type=positive, default=10_000)
         parser.add_argument(
             "--force",
             action="store_true",
