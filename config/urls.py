@@ -9,10 +9,6 @@ from apps.accounts.permissions import rq_dashboard
 from apps.executions.views import healthz, readyz
 from apps.workflows.webhooks import receive
 
-admin.site.site_header = "Opsflow"
-admin.site.site_title = "Opsflow"
-admin.site.index_title = "Operations portal"
-
 api_v1 = [
     path("", include("apps.workflows.api.urls")),
     path("", include("apps.executions.api.urls")),

@@ -1,0 +1,22 @@
+"""The portal's admin site: Django's, with the ops dashboard as its index."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.template.response import TemplateResponse
+
+
+class OpsflowAdminSite(admin.AdminSite):
+    site_header = "Opsflow"
+    site_title = "Opsflow"
+    index_title = "Dashboard"
+    index_template = "admin/opsflow/dashboard.html"
+
+    def index(self, request, extra_context=None):
+        from apps.executions import dashboard
+        from apps.executions.admin import wants_partial
+
+        context = {"dashboard": dashboard.build(request.user), **(extra_context or {})}
+        if wants_partial(request):  # the dashboard refreshing itself
+            return TemplateResponse(request, f"{self.index_template}#board", context)
+        return super().index(request, context)
