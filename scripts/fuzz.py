@@ -53,6 +53,7 @@ def main() -> int:
         OPSFLOW_VAR_DIR=str(var),
         DJANGO_SETTINGS_MODULE="config.settings.base",
         OPSFLOW_LOGIN_FAILURE_LIMIT="1000",  # the fuzzer's wrong passwords must not lock it out
+        OPSFLOW_SSE_MAX_SECONDS="3",  # a paused run's stream would last past the request timeout
         LOG_LEVEL="ERROR",
     )
     env.pop("OPSFLOW_SECRETS_KEYS", None)

@@ -105,6 +105,7 @@ ACTIONS: tuple[Action, ...] = (
             "GET /api/v1/executions/",
             "GET /api/v1/executions/{pk}/",
             "GET /api/v1/executions/{pk}/events/",
+            "GET /api/v1/executions/{pk}/stream/",
         ),
         admin=("executions_execution_changelist", "executions_execution_change"),
     ),

@@ -9,7 +9,6 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.timesince import timesince
-from django_htmx.http import HttpResponseStopPolling
 
 from apps.accounts.admin_mixins import (
     MissingIs404,
@@ -168,23 +167,16 @@ class ExecutionAdmin(VolumeListMixin, ReadOnlyAdmin, OrganizationScopedAdmin, ad
             "steps": steps,
             "events": execution.events.order_by("created_at", "id"),
             "variables_json": _pretty(execution.variables),
-            # Poll while the engine moves the run; stop when it is over or waits for a human.
-            "live": execution.status
-            not in EXECUTION_TERMINAL | {ExecutionStatus.INCOMPLETE, ExecutionStatus.PAUSED},
+            # Follow the stream until the run is over; a paused or incomplete run too: a
+            # decision taken elsewhere shows up here.
+            "live": execution.status not in EXECUTION_TERMINAL,
             "can_execute": has_role(request.user, execution.workflow.organization, CAN_EXECUTE),
             "incomplete": execution.incomplete_records.order_by("-id").first(),
             "failed_step_ids": _markable_steps(execution, steps),
             "approvals": _approvals_for(execution, request.user),
         }
         if wants_partial(request):
-            response = TemplateResponse(
-                request, "executions/partials/_execution_detail.html", context
-            )
-            if not context["live"]:
-                response.render()
-                stop = HttpResponseStopPolling(response.content)
-                return stop
-            return response
+            return TemplateResponse(request, "executions/partials/_execution_detail.html", context)
         return TemplateResponse(request, "admin/executions/execution/detail.html", context)
 
     def get_urls(self):

@@ -249,6 +249,13 @@ if OPSFLOW_AGENT_TIMEOUT < 2 * OPSFLOW_HEARTBEAT_SECONDS:
         f"OPSFLOW_AGENT_TIMEOUT ({OPSFLOW_AGENT_TIMEOUT}) must be at least twice "
         f"OPSFLOW_HEARTBEAT_SECONDS ({OPSFLOW_HEARTBEAT_SECONDS})"
     )
+# The execution stream (Server-Sent Events): how often it reads the database (milliseconds),
+# the quiet time before a heartbeat comment, how long one stream lasts before the client
+# reconnects, and the reconnect delay it tells the browser.
+OPSFLOW_SSE_POLL_SECONDS = env_int("OPSFLOW_SSE_POLL_MS", 500, minimum=50) / 1000
+OPSFLOW_SSE_HEARTBEAT_SECONDS = env_int("OPSFLOW_SSE_HEARTBEAT_SECONDS", 15, minimum=1)
+OPSFLOW_SSE_MAX_SECONDS = env_int("OPSFLOW_SSE_MAX_SECONDS", 3600, minimum=1)
+OPSFLOW_SSE_RETRY_MS = env_int("OPSFLOW_SSE_RETRY_MS", 2000, minimum=100)
 # The scheduler leader renews its lock every second; a standby takes over this long after it dies.
 OPSFLOW_SCHEDULER_LEADER_TTL = env_int("OPSFLOW_SCHEDULER_LEADER_TTL", 15, minimum=2)
 # A dispatched step that no RQ job will run (Redis lost the job, a dead worker took it) is

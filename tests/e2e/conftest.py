@@ -38,9 +38,21 @@ class Processes:
         self.running: list[tuple[subprocess.Popen, object]] = []
 
     def start(self, *args: str, **env: str) -> subprocess.Popen:
-        log = open(self.tmp_path / f"{args[0]}-{len(self.running)}.log", "wb")  # noqa: SIM115
+        """`manage.py <args>` with the test database and Redis."""
+        return self.spawn("manage.py", *args, **env)
+
+    def web(self, port: int, **env: str) -> subprocess.Popen:
+        """The ASGI app under uvicorn, as the Procfile's web line serves it (one process)."""
+        return self.spawn(
+            "-m", "uvicorn", "config.asgi:application", "--port", str(port), "--no-access-log",
+            **env,
+        )  # fmt: skip
+
+    def spawn(self, *args: str, **env: str) -> subprocess.Popen:
+        name = args[1] if args[0] in ("manage.py", "-m") else args[0]
+        log = open(self.tmp_path / f"{name}-{len(self.running)}.log", "wb")  # noqa: SIM115
         process = subprocess.Popen(
-            [sys.executable, "manage.py", *args],
+            [sys.executable, *args],
             cwd=ROOT,
             env={
                 **os.environ,

@@ -408,14 +408,14 @@ def test_the_execution_page_shows_steps_with_rendered_input_and_output_and_the_l
 
 
 @pytest.mark.django_db(transaction=True)
-def test_polling_a_finished_execution_answers_286_with_only_the_partial(
+def test_refreshing_a_finished_execution_gets_only_the_partial_with_nothing_live(
     client, viewer, finished_execution
 ):
     client.force_login(viewer)
 
     response = client.get(execution_url(finished_execution), headers={"HX-Request": "true"})
 
-    assert response.status_code == 286
+    assert response.status_code == 200
     page = response.content.decode()
     assert "<html" not in page
     assert page.lstrip().startswith('<div id="execution-detail"')
@@ -423,19 +423,31 @@ def test_polling_a_finished_execution_answers_286_with_only_the_partial(
     assert "hello team" in page
 
 
-def test_polling_an_unfinished_execution_answers_200_and_keeps_polling(
-    client, org, viewer, redis_conn
-):
+def test_an_unfinished_execution_follows_its_event_stream(client, org, viewer, redis_conn):
     execution = trigger_workflow(make_workflow(org, GREETING))
     client.force_login(viewer)
+
+    page = client.get(execution_url(execution)).content.decode()
+    assert f'sse-connect="/api/v1/executions/{execution.pk}/stream/"' in page
+    assert 'sse-close="end"' in page
 
     response = client.get(execution_url(execution), headers={"HX-Request": "true"})
 
     assert response.status_code == 200
-    page = response.content.decode()
-    assert "<html" not in page
-    assert 'hx-trigger="every 1s"' in page
-    assert f'hx-get="{execution_url(execution)}"' in page
+    partial = response.content.decode()
+    assert "<html" not in partial and "sse-connect" not in partial
+    assert 'hx-trigger="sse:status delay:150ms, sse:step delay:150ms' in partial
+    assert f'hx-get="{execution_url(execution)}"' in partial
+
+
+def test_a_paused_execution_is_live_too(client, org, viewer, redis_conn):
+    execution = trigger_workflow(make_workflow(org, GREETING))
+    Execution.objects.filter(pk=execution.pk).update(status="paused")
+    client.force_login(viewer)
+
+    page = client.get(execution_url(execution)).content.decode()
+
+    assert "sse-connect" in page
 
 
 def test_an_outsider_cannot_open_another_organizations_execution(client, org, outsider, redis_conn):

@@ -1,16 +1,20 @@
+from django.db import connection
 from django.db.models import Prefetch
-from drf_spectacular.utils import extend_schema
+from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import NotFound
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.permissions import IsAuthenticated
+from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.response import Response
 
 from apps.accounts.api.errors import Conflict
 from apps.accounts.api.permissions import OrganizationRole
 from apps.accounts.choices import CAN_EXECUTE
 from apps.accounts.permissions import has_role, scope_to_user
-from apps.executions import services
+from apps.executions import services, stream
 from apps.executions.api.serializers import (
     AgentSerializer,
     BulkResultSerializer,
@@ -31,6 +35,25 @@ from apps.executions.filtersets import (
 )
 from apps.executions.models import Agent, Execution, IncompleteExecution
 from apps.workflows.definition import DefinitionError
+
+
+class EventStreamRenderer(BaseRenderer):
+    """Lets a client ask for `text/event-stream`; the stream itself is a StreamingHttpResponse,
+    so this renders only a refusal (an error) as one SSE `error` event."""
+
+    media_type = "text/event-stream"
+    format = "event-stream"
+    charset = "utf-8"
+
+    def render(self, data, accepted_media_type=None, renderer_context=None):
+        return stream.frame("error", data)
+
+
+def _last_event_id(request) -> int:
+    raw = request.headers.get("Last-Event-ID") or request.query_params.get("last_event_id") or "0"
+    if not raw.isdigit() or len(raw) > 18:
+        raise ValidationError({"Last-Event-ID": "Not an event id (a whole number)."})
+    return int(raw)
 
 
 class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
@@ -74,6 +97,45 @@ class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
         execution = self.get_object()
         page = self.paginate_queryset(execution.events.order_by("created_at", "id"))
         return self.get_paginated_response(ExecutionEventSerializer(page, many=True).data)
+
+    @extend_schema(
+        responses={(200, "text/event-stream"): OpenApiTypes.STR},
+        parameters=[
+            OpenApiParameter(
+                "Last-Event-ID",
+                OpenApiTypes.INT,
+                OpenApiParameter.HEADER,
+                description="Resume after this log event (browsers send it when reconnecting).",
+            ),
+            OpenApiParameter(
+                "last_event_id",
+                OpenApiTypes.INT,
+                description="The same, for clients that cannot set the header.",
+            ),
+        ],
+    )
+    @action(
+        detail=True,
+        methods=["get"],
+        renderer_classes=[JSONRenderer, EventStreamRenderer],
+        pagination_class=None,
+        filter_backends=[],
+    )
+    def stream(self, request, pk=None):
+        """The execution live, as Server-Sent Events: `log` (each new event of the log, its id
+        as the SSE id), `step` (a step whose status or times changed), `status` (the run's
+        status and job counters), then `end` once the run is terminal, and the stream closes.
+        A comment line is sent as a heartbeat. Reconnect with `Last-Event-ID` to resume."""
+        execution = self.get_object()
+        after = _last_event_id(request)
+        if not connection.in_atomic_block:
+            connection.close()  # the stream reads on its own connections, one read at a time
+        response = StreamingHttpResponse(
+            stream.events(execution.pk, after), content_type="text/event-stream; charset=utf-8"
+        )
+        response["Cache-Control"] = "no-cache, no-store"
+        response["X-Accel-Buffering"] = "no"  # nginx: pass each event on as it comes
+        return response
 
     @extend_schema(request=None, responses=ExecutionDetailSerializer)
     @action(detail=True, methods=["post"])
