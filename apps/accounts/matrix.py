@@ -113,15 +113,18 @@ ACTIONS: tuple[Action, ...] = (
         "executions.cancel",
         "Cancel a run",
         CAN_EXECUTE,
-        api=("POST /api/v1/executions/{pk}/cancel/",),
-        admin=("executions_execution_cancel",),
+        api=("POST /api/v1/executions/{pk}/cancel/", "POST /api/v1/executions/bulk-cancel/"),
+        admin=("executions_execution_cancel", "cancel_selected"),
     ),
     Action(
         "executions.retrigger",
         "Re-trigger a finished run with its variables",
         CAN_EXECUTE,
-        api=("POST /api/v1/executions/{pk}/retrigger/",),
-        admin=("executions_execution_retrigger",),
+        api=(
+            "POST /api/v1/executions/{pk}/retrigger/",
+            "POST /api/v1/executions/bulk-retrigger/",
+        ),
+        admin=("executions_execution_retrigger", "retrigger_selected"),
     ),
     Action(
         "executions.mark_succeeded",

@@ -130,6 +130,32 @@ class ExecutionAdmin(VolumeListMixin, ReadOnlyAdmin, OrganizationScopedAdmin, ad
     list_select_related = ["workflow", "version", "triggered_by"]
     list_per_page = 50
     list_defer = ["workflow__draft", "version__definition"]
+    actions = ["cancel_selected", "retrigger_selected"]
+
+    @admin.action(description="Cancel selected executions")
+    def cancel_selected(self, request, queryset):
+        return _confirmed_bulk(
+            self,
+            request,
+            queryset,
+            lambda e: services.cancel_execution(e, request.user),
+            verb="Cancel",
+            done="Cancelled",
+            warning="Steps already running finish and are recorded; the rest never run.",
+        )
+
+    @admin.action(description="Re-trigger selected executions")
+    def retrigger_selected(self, request, queryset):
+        return _confirmed_bulk(
+            self,
+            request,
+            queryset,
+            lambda e: services.retrigger_execution(e, request.user),
+            verb="Re-trigger",
+            done="Re-triggered",
+            warning="Each one starts again from the start, as a new execution with the same "
+            "variables.",
+        )
 
     @admin.display(description="Execution", ordering="id")
     def id_link(self, obj):
@@ -248,6 +274,44 @@ class ExecutionAdmin(VolumeListMixin, ReadOnlyAdmin, OrganizationScopedAdmin, ad
         except services.WrongState as exc:
             messages.error(request, str(exc))
         return redirect(execution.get_absolute_url())
+
+
+def _confirmed_bulk(model_admin, request, queryset, act, *, verb: str, done: str, warning: str):
+    """An action over the selection (or, with "select all", everything the filters match):
+    first a page that says how many and asks; then `services.act_on_each`, and a message
+    for what was done and for each row skipped."""
+    count = queryset[: services.BULK_LIMIT + 1].count()
+    noun = model_admin.model._meta.verbose_name_plural
+    if request.POST.get("confirmed") != "yes":
+        selected = request.POST.get("select_across") != "1"
+        context = {
+            **model_admin.admin_site.each_context(request),
+            "title": f"{verb} {noun}?",
+            "opts": model_admin.model._meta,
+            "count": count,
+            "too_many": count > services.BULK_LIMIT,
+            "limit": services.BULK_LIMIT,
+            "verb": verb,
+            "noun": noun,
+            "warning": warning,
+            "rows": queryset.select_related("workflow")[:20],
+            "post": request.POST.lists(),
+            "selected": selected,
+            "back": request.get_full_path(),
+        }
+        return TemplateResponse(request, "admin/executions/confirm_bulk.html", context)
+    try:
+        result = services.act_on_each(queryset, request.user, act, str(noun))
+    except services.TooMany as exc:
+        messages.error(request, str(exc))
+        return None
+    if result.done:
+        messages.success(request, f"{done} {len(result.done):,} {noun}.")
+    for pk, why in result.skipped[:20]:
+        messages.warning(request, f"#{pk} skipped: {why}")
+    if len(result.skipped) > 20:
+        messages.warning(request, f"… and {len(result.skipped) - 20:,} more skipped.")
+    return None
 
 
 def _approvals_for(execution: Execution, user) -> list:

@@ -880,6 +880,53 @@ def retrigger_execution(execution: Execution, user=None) -> Execution:
     return new
 
 
+# --- acting on many at once (the admin's actions over a selection or a filter, and the API's
+# bulk endpoints) ---
+
+BULK_LIMIT = 1000
+
+
+class TooMany(Exception):
+    """More rows match than one bulk action takes: nothing was done."""
+
+
+@dataclass
+class BulkResult:
+    done: list[int]
+    skipped: list[tuple[int, str]]  # (id, why)
+
+
+def act_on_each(rows, user, act, what: str) -> BulkResult:
+    """`act(row)` for each row of the queryset (executions or incomplete-execution records)
+    whose organization the user may execute in; each in its own transaction, as `act` makes
+    it. A row `act` refuses (already finished, workflow not runnable) is skipped with why.
+    More than BULK_LIMIT rows: TooMany, before anything is done."""
+    from apps.accounts.choices import CAN_EXECUTE
+    from apps.accounts.permissions import has_role
+    from apps.workflows.definition import DefinitionError
+
+    chosen = list(rows.select_related("organization")[: BULK_LIMIT + 1])
+    if len(chosen) > BULK_LIMIT:
+        raise TooMany(
+            f"More than {BULK_LIMIT:,} {what} match: narrow the filter (one action takes at "
+            f"most {BULK_LIMIT:,})."
+        )
+    result = BulkResult([], [])
+    for row in chosen:
+        if not has_role(user, row.organization, CAN_EXECUTE):
+            result.skipped.append((row.pk, "your role does not allow this (operator needed)"))
+            continue
+        try:
+            act(row)
+        except (WrongState, WorkflowNotRunnable) as exc:
+            result.skipped.append((row.pk, str(exc)))
+        except DefinitionError as exc:
+            result.skipped.append((row.pk, f"the current version refuses its variables: {exc}"))
+        else:
+            result.done.append(row.pk)
+    return result
+
+
 def run_due_incomplete_retries(now=None) -> int:
     """The scheduler's auto-retry: every scheduled record whose time has come."""
     now = now or timezone.now()

@@ -268,19 +268,54 @@ def _status(execution: Execution) -> str:
     return execution.status
 
 
+def _bulk_done(answer, pk: int) -> bool:
+    """A bulk endpoint answers 200 to anyone who sees the rows; it skips those one may not
+    act on (and 404s nothing: an outsider's ids are simply not among the rows)."""
+    assert answer.status_code == 200, answer.content
+    return pk in answer.json()["done"]
+
+
+def _admin_action(user, changelist: str, action: str, pk: int) -> None:
+    web(user).post(
+        changelist,
+        {"action": action, admin.helpers.ACTION_CHECKBOX_NAME: [pk], "confirmed": "yes"},
+    )
+
+
 def executions_cancel(w: World, user) -> dict[str, bool]:
-    first, second = w.queued(), w.queued()
+    first, second, third, fourth = w.queued(), w.queued(), w.queued(), w.queued()
     by_api = answered(api(user).post(f"/api/v1/executions/{first.pk}/cancel/"))
     web(user).post(f"/executions/execution/{second.pk}/cancel/")
     assert (_status(first) == ExecutionStatus.CANCELLED) is by_api
-    return {"api": by_api, "admin": _status(second) == ExecutionStatus.CANCELLED}
+    bulk = _bulk_done(
+        api(user).post("/api/v1/executions/bulk-cancel/", {"ids": [third.pk]}, "json"), third.pk
+    )
+    assert (_status(third) == ExecutionStatus.CANCELLED) is bulk
+    _admin_action(user, "/executions/execution/", "cancel_selected", fourth.pk)
+    return {
+        "api": by_api,
+        "admin": _status(second) == ExecutionStatus.CANCELLED,
+        "api bulk-cancel": bulk,
+        "admin cancel_selected": _status(fourth) == ExecutionStatus.CANCELLED,
+    }
 
 
 def executions_retrigger(w: World, user) -> dict[str, bool]:
-    first, second = w.finished(), w.finished()
+    first, second, third, fourth = w.finished(), w.finished(), w.finished(), w.finished()
     by_api = answered(api(user).post(f"/api/v1/executions/{first.pk}/retrigger/"))
     web(user).post(f"/executions/execution/{second.pk}/retrigger/")
-    return {"api": by_api, "admin": Execution.objects.filter(retriggered_from=second).exists()}
+    bulk = _bulk_done(
+        api(user).post("/api/v1/executions/bulk-retrigger/", {"ids": [third.pk]}, "json"),
+        third.pk,
+    )
+    assert Execution.objects.filter(retriggered_from=third).exists() is bulk
+    _admin_action(user, "/executions/execution/", "retrigger_selected", fourth.pk)
+    return {
+        "api": by_api,
+        "admin": Execution.objects.filter(retriggered_from=second).exists(),
+        "api bulk-retrigger": bulk,
+        "admin retrigger_selected": Execution.objects.filter(retriggered_from=fourth).exists(),
+    }
 
 
 def executions_mark_succeeded(w: World, user) -> dict[str, bool]:

@@ -13,7 +13,7 @@ from rest_framework.response import Response
 from apps.accounts.api.errors import Conflict
 from apps.accounts.api.permissions import OrganizationRole
 from apps.accounts.choices import CAN_EXECUTE
-from apps.accounts.permissions import has_role, scope_to_user
+from apps.accounts.permissions import scope_to_user
 from apps.executions import services, stream
 from apps.executions.api.serializers import (
     AgentSerializer,
@@ -56,12 +56,28 @@ def _last_event_id(request) -> int:
     return int(raw)
 
 
+def _bulk(view, act, what: str) -> Response:
+    """A bulk endpoint: the ids given, or every row matching the query-string filters."""
+    body = BulkSerializer(data=view.request.data)
+    body.is_valid(raise_exception=True)
+    rows = view.filter_queryset(view.get_queryset())
+    if body.validated_data.get("ids"):
+        rows = rows.filter(pk__in=body.validated_data["ids"])
+    try:
+        result = services.act_on_each(rows, view.request.user, act, what)
+    except services.TooMany as exc:
+        raise ValidationError({"all_matching": str(exc)}) from None
+    skipped = [{"id": pk, "reason": why} for pk, why in result.skipped]
+    return Response({"done": result.done, "skipped": skipped})
+
+
 class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
     """Executions of your organizations' workflows."""
 
     filterset_class = ExecutionFilterSet
     permission_classes = [IsAuthenticated, OrganizationRole]
     action_roles = {"cancel": CAN_EXECUTE, "retrigger": CAN_EXECUTE, "mark_succeeded": CAN_EXECUTE}
+    # (the bulk actions check the role on each execution: a viewer's bulk call skips them all)
 
     @property
     def cursor_ordering(self):
@@ -147,6 +163,20 @@ class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
         except services.WrongState as exc:
             raise Conflict(str(exc)) from None
         return self._detail(execution)
+
+    @extend_schema(request=BulkSerializer, responses=BulkResultSerializer)
+    @action(detail=False, methods=["post"], url_path="bulk-cancel")
+    def bulk_cancel(self, request):
+        """Cancel the given ids, or every execution matching the filters (`all_matching:
+        true`), at most 1,000 at once. Finished ones are skipped, with why."""
+        return _bulk(self, lambda e: services.cancel_execution(e, request.user), "executions")
+
+    @extend_schema(request=BulkSerializer, responses=BulkResultSerializer)
+    @action(detail=False, methods=["post"], url_path="bulk-retrigger")
+    def bulk_retrigger(self, request):
+        """Re-trigger the given ids, or every execution matching the filters (`all_matching:
+        true`), at most 1,000 at once: a new execution each, with the same variables."""
+        return _bulk(self, lambda e: services.retrigger_execution(e, request.user), "executions")
 
     @extend_schema(request=None, responses={201: ExecutionDetailSerializer})
     @action(detail=True, methods=["post"])
@@ -234,35 +264,17 @@ class IncompleteExecutionViewSet(
         except services.WrongState as exc:
             raise Conflict(str(exc)) from None
 
-    def _bulk(self, request, act):
-        body = BulkSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        records = self.filter_queryset(self.get_queryset())
-        if body.validated_data.get("ids"):
-            records = records.filter(pk__in=body.validated_data["ids"])
-        done, skipped = [], []
-        for record in records[:1000]:
-            if not has_role(request.user, record.organization, CAN_EXECUTE):
-                skipped.append({"id": record.pk, "reason": "your role does not allow this"})
-                continue
-            try:
-                act(record)
-                done.append(record.pk)
-            except services.WrongState as exc:
-                skipped.append({"id": record.pk, "reason": str(exc)})
-        return Response({"done": done, "skipped": skipped})
-
     @extend_schema(request=BulkSerializer, responses=BulkResultSerializer)
     @action(detail=False, methods=["post"], url_path="bulk-retry")
     def bulk_retry(self, request):
         """Retry the given ids, or every record matching the filters (`all_matching: true`)."""
-        return self._bulk(request, lambda r: services.retry_incomplete(r, user=request.user))
+        return _bulk(self, lambda r: services.retry_incomplete(r, user=request.user), "records")
 
     @extend_schema(request=BulkSerializer, responses=BulkResultSerializer)
     @action(detail=False, methods=["post"], url_path="bulk-discard")
     def bulk_discard(self, request):
         """Discard the given ids, or every record matching the filters (`all_matching: true`)."""
-        return self._bulk(request, lambda r: services.discard_incomplete(r, request.user))
+        return _bulk(self, lambda r: services.discard_incomplete(r, request.user), "records")
 
 
 class AgentViewSet(viewsets.ReadOnlyModelViewSet):
