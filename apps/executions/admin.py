@@ -412,46 +412,29 @@ class IncompleteExecutionAdmin(VolumeListMixin, OrganizationScopedAdmin, admin.M
     def size(self, obj):
         return _human_bytes(obj.size_bytes)
 
-    def _bulk(self, request, queryset, act, verb: str) -> None:
-        done, skipped = 0, []
-        for record in queryset:
-            if not has_role(request.user, record.organization, CAN_EXECUTE):
-                skipped.append(f"#{record.pk}: needs the operator role")
-                continue
-            try:
-                act(record)
-                done += 1
-            except services.WrongState as exc:
-                skipped.append(f"#{record.pk}: {exc}")
-        if done:
-            messages.success(request, f"{verb} {done} incomplete execution(s).")
-        for reason in skipped:
-            messages.warning(request, reason)
-
     @admin.action(description="Retry selected incomplete executions")
     def retry_selected(self, request, queryset):
-        self._bulk(
-            request, queryset, lambda r: services.retry_incomplete(r, user=request.user), "Retried"
+        return _confirmed_bulk(
+            self,
+            request,
+            queryset,
+            lambda r: services.retry_incomplete(r, user=request.user),
+            verb="Retry",
+            done="Retried",
+            warning="Each execution resumes from its failed node, with its stored input.",
         )
 
     @admin.action(description="Discard selected incomplete executions")
     def discard_selected(self, request, queryset):
-        if request.POST.get("confirmed") != "yes":
-            context = {
-                **self.admin_site.each_context(request),
-                "title": "Discard incomplete executions?",
-                "opts": self.model._meta,
-                "records": queryset,
-                "action": "discard_selected",
-                "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
-            }
-            return TemplateResponse(
-                request, "admin/executions/incompleteexecution/confirm_discard.html", context
-            )
-        self._bulk(
-            request, queryset, lambda r: services.discard_incomplete(r, request.user), "Discarded"
+        return _confirmed_bulk(
+            self,
+            request,
+            queryset,
+            lambda r: services.discard_incomplete(r, request.user),
+            verb="Discard",
+            done="Discarded",
+            warning="Their executions become failed and cannot be resumed.",
         )
-        return None
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         record = row_or_404(

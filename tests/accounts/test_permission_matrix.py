@@ -371,7 +371,11 @@ def incomplete_retry(w: World, user) -> dict[str, bool]:
     assert bulk_answer.status_code == 200, bulk_answer.content
     browser.post(
         "/executions/incompleteexecution/",
-        {"action": "retry_selected", admin.helpers.ACTION_CHECKBOX_NAME: [action.pk]},
+        {
+            "action": "retry_selected",
+            admin.helpers.ACTION_CHECKBOX_NAME: [action.pk],
+            "confirmed": "yes",
+        },
     )
     browser.post(f"/executions/incompleteexecution/{page_record.pk}/change/", {"action": "retry"})
     return {
