@@ -3,10 +3,13 @@ from __future__ import annotations
 import json
 
 from django.contrib import admin, messages
+from django.contrib.humanize.templatetags.humanize import naturaltime
 from django.core.exceptions import PermissionDenied
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.dateformat import format as date_format
 from django.utils.html import format_html, format_html_join
 from django.utils.timesince import timesince
 
@@ -21,6 +24,7 @@ from apps.accounts.choices import CAN_EXECUTE, CAN_READ
 from apps.accounts.permissions import (
     has_role,
     holds_role_anywhere,
+    organization_ids_for,
     scope_to_user,
 )
 from apps.executions import services
@@ -32,6 +36,7 @@ from apps.executions.choices import (
     ExecutionStatus,
 )
 from apps.executions.errors import INCOMPLETE_ERROR_TYPES
+from apps.executions.filtersets import variable_condition
 from apps.executions.models import Agent, Execution, IncompleteExecution
 from apps.workflows.definition import DefinitionError
 from apps.workflows.models import Workflow
@@ -105,6 +110,59 @@ class OverdueFilter(admin.SimpleListFilter):
         return queryset
 
 
+class VariablesFilter(admin.SimpleListFilter):
+    """A text box: `host=web-1` keeps the runs whose variable `host` is web-1."""
+
+    title = "variables"
+    parameter_name = "variables"
+    template = "admin/executions/filter_text.html"
+
+    def lookups(self, request, model_admin):
+        return []
+
+    def has_output(self):
+        return True
+
+    def choices(self, changelist):
+        others = [
+            (name, value)
+            for name, values in changelist.params.items()
+            if name not in (self.parameter_name, "p")
+            for value in (values if isinstance(values, list) else [values])
+        ]
+        yield {"value": self.value() or "", "hidden": others, "help": "name=value, e.g. host=web-1"}
+
+    def queryset(self, request, queryset):
+        if not self.value():
+            return queryset
+        try:
+            return queryset.filter(variable_condition(self.value()))
+        except ValueError as exc:
+            messages.error(request, f"Variables filter: {exc}")
+            return queryset.none()
+
+
+class TriggeredByFilter(admin.SimpleListFilter):
+    """Members of the user's organizations (Django's related filter would read the distinct
+    users of every listed row)."""
+
+    title = "triggered by"
+    parameter_name = "triggered_by__id__exact"
+
+    def lookups(self, request, model_admin):
+        from django.contrib.auth import get_user_model
+
+        ids = organization_ids_for(request.user)
+        users = get_user_model().objects.filter(memberships__organization_id__in=ids)
+        return list(users.distinct().order_by("username").values_list("id", "username")[:100])
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if value and value.isdigit():
+            return queryset.filter(triggered_by_id=int(value))
+        return queryset
+
+
 @admin.register(Execution)
 class ExecutionAdmin(VolumeListMixin, ReadOnlyAdmin, OrganizationScopedAdmin, admin.ModelAdmin):
     organization_field = "organization"
@@ -113,7 +171,7 @@ class ExecutionAdmin(VolumeListMixin, ReadOnlyAdmin, OrganizationScopedAdmin, ad
         "workflow",
         "badge",
         "trigger",
-        "started_at",
+        "started",
         "duration",
         "jobs",
         "triggered_by",
@@ -124,6 +182,8 @@ class ExecutionAdmin(VolumeListMixin, ReadOnlyAdmin, OrganizationScopedAdmin, ad
         "status",
         "trigger",
         WorkflowFilter,
+        TriggeredByFilter,
+        VariablesFilter,
         ("created_at", admin.DateFieldListFilter),  # a date hierarchy reads every row's date
     ]
     search_fields = ["workflow__name", "workflow__slug"]
@@ -171,7 +231,27 @@ class ExecutionAdmin(VolumeListMixin, ReadOnlyAdmin, OrganizationScopedAdmin, ad
 
     @admin.display(description="Jobs")
     def jobs(self, obj):
-        return f"{obj.steps_completed}/{obj.steps_total}"
+        return jobs_summary(obj)
+
+    @admin.display(description="Started", ordering="started_at")
+    def started(self, obj):
+        if obj.started_at is None:
+            return "—"
+        return format_html(
+            '<span title="{}">{}</span>',
+            date_format(timezone.localtime(obj.started_at), "Y-m-d H:i:s T"),
+            naturaltime(obj.started_at),
+        )
+
+    def changelist_view(self, request, extra_context=None):
+        """The list refreshes itself every 15 s while a run on the page is still going."""
+        response = super().changelist_view(request, extra_context)
+        changelist = getattr(response, "context_data", {}).get("cl")
+        if changelist is not None:
+            response.context_data["live"] = any(
+                e.status not in EXECUTION_TERMINAL for e in changelist.result_list
+            )
+        return response
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         execution = row_or_404(
@@ -274,6 +354,16 @@ class ExecutionAdmin(VolumeListMixin, ReadOnlyAdmin, OrganizationScopedAdmin, ad
         except services.WrongState as exc:
             messages.error(request, str(exc))
         return redirect(execution.get_absolute_url())
+
+
+def jobs_summary(execution: Execution) -> str:
+    """ "4 ✓ · 1 skipped / 5": what the run's nodes came to, failed attempts included."""
+    parts = [f"{execution.steps_completed} ✓"]
+    if execution.steps_failed:
+        parts.append(f"{execution.steps_failed} ✗")
+    if execution.steps_skipped:
+        parts.append(f"{execution.steps_skipped} skipped")
+    return f"{' · '.join(parts)} / {execution.steps_total}"
 
 
 def _confirmed_bulk(model_admin, request, queryset, act, *, verb: str, done: str, warning: str):

@@ -1,8 +1,61 @@
+import json
+import re
+
 import django_filters
+from django.contrib.auth import get_user_model
+from django.db.models import Q
+from rest_framework.exceptions import ValidationError
 
 from apps.executions.choices import AgentState, ExecutionStatus, IncompleteStatus, Trigger
 from apps.executions.models import Agent, Execution, IncompleteExecution
 from apps.workflows.filtersets import WorkflowSlugFilter
+
+VARIABLE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]{0,63})=(.{0,500})$", re.DOTALL)
+VARIABLE_HELP = "name=value: runs whose variable `name` is that value (repeat for several)"
+
+
+def variable_condition(text: str) -> Q:
+    """`host=web-1` → executions whose variable `host` is "web-1". A value that reads as a
+    JSON number or boolean (`retries=3`, `dry_run=true`) matches that too. ValueError when the
+    text is not name=value."""
+    match = VARIABLE.match(text)
+    if not match or "__" in match[1]:
+        raise ValueError(
+            f"{text[:80]!r} is not name=value (a variable name of letters, digits and _, "
+            "then =, then the value)."
+        )
+    name, value = match[1], match[2]
+    condition = Q(**{f"variables__{name}": value})
+    try:
+        scalar = json.loads(value)
+    except ValueError:
+        return condition
+    if isinstance(scalar, bool | int | float):
+        condition |= Q(**{f"variables__{name}": scalar})
+    return condition
+
+
+class VariablesFilter(django_filters.CharFilter):
+    """`?variables=host=web-1`, repeatable: every condition must hold."""
+
+    def filter(self, qs, value):
+        wanted = [v for v in self.parent.data.getlist(self.field_name) if v] if value else []
+        for text in wanted:
+            try:
+                qs = qs.filter(variable_condition(text))
+            except ValueError as exc:
+                raise ValidationError({"variables": str(exc)}) from None
+        return qs
+
+
+class TriggeredByFilter(django_filters.CharFilter):
+    """`?triggered_by=<username>`: the user's id first, then the rows (no join)."""
+
+    def filter(self, qs, value):
+        if not value:
+            return qs
+        ids = get_user_model().objects.filter(username=value).values_list("pk", flat=True)
+        return qs.filter(triggered_by_id__in=list(ids))
 
 
 class ExecutionFilterSet(django_filters.FilterSet):
@@ -21,6 +74,8 @@ class ExecutionFilterSet(django_filters.FilterSet):
         method="filter_overdue",
         label="Scheduled runs whose time passed more than OPSFLOW_OVERDUE_GRACE ago",
     )
+    variables = VariablesFilter(field_name="variables", label=VARIABLE_HELP)
+    triggered_by = TriggeredByFilter(label="User name of who triggered it")
 
     def filter_overdue(self, queryset, name, value):
         from apps.executions.cron import overdue
@@ -30,7 +85,16 @@ class ExecutionFilterSet(django_filters.FilterSet):
 
     class Meta:
         model = Execution
-        fields = ["workflow", "status", "trigger", "started_after", "started_before", "overdue"]
+        fields = [
+            "workflow",
+            "status",
+            "trigger",
+            "started_after",
+            "started_before",
+            "overdue",
+            "variables",
+            "triggered_by",
+        ]
 
 
 class IncompleteExecutionFilterSet(django_filters.FilterSet):

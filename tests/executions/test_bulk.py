@@ -177,3 +177,54 @@ def test_the_admin_action_refuses_more_than_the_limit(deploy, browser, monkeypat
     assert "More than 2 executions match" in asked
     browser.post("/executions/execution/", {**form, "confirmed": "yes"})
     assert ExecutionStatus.CANCELLED not in statuses(runs)
+
+
+# --- the list's columns and filters ---
+
+
+def test_jobs_say_what_the_nodes_came_to():
+    from apps.executions.admin import jobs_summary
+
+    run = Execution(steps_completed=4, steps_failed=0, steps_skipped=1, steps_total=5)
+    assert jobs_summary(run) == "4 ✓ · 1 skipped / 5"
+    run.steps_failed = 2
+    assert jobs_summary(run) == "4 ✓ · 2 ✗ · 1 skipped / 5"
+
+
+def test_the_variables_filter_matches_a_value_in_the_api_and_the_admin(
+    deploy, operator, api_for, browser
+):
+    web1 = trigger_workflow(deploy, variables={})
+    Execution.objects.filter(pk=web1.pk).update(variables={"host": "web-1", "retries": 3})
+    web2 = trigger_workflow(deploy, variables={})
+    Execution.objects.filter(pk=web2.pk).update(variables={"host": "web-2"})
+    api = api_for(operator)
+
+    def ids(query: str) -> list[int]:
+        answer = api.get(f"/api/v1/executions/?{query}")
+        assert answer.status_code == 200, answer.content
+        return [row["id"] for row in answer.json()["results"]]
+
+    assert ids("variables=host=web-1") == [web1.pk]
+    assert ids("variables=retries=3") == [web1.pk]  # a number matches as a number
+    assert ids("variables=host=web-1&variables=retries=4") == []  # every condition holds
+    assert ids("variables=host=nowhere") == []
+    bad = api.get("/api/v1/executions/?variables=no-equals-sign")
+    assert bad.status_code == 400 and "is not name=value" in str(bad.json())
+    assert api.get("/api/v1/executions/?variables=a__b=1").status_code == 400
+
+    listed = browser.get("/executions/execution/?variables=host%3Dweb-2")
+    assert [e.pk for e in listed.context["cl"].result_list] == [web2.pk]
+    refused = browser.get("/executions/execution/?variables=%3D%3D", follow=True)
+    assert "Variables filter:" in refused.content.decode()
+
+
+def test_the_triggered_by_filter(deploy, operator, owner, api_for, browser):
+    mine = trigger_workflow(deploy, user=operator)
+    trigger_workflow(deploy, user=owner)
+
+    answer = api_for(operator).get("/api/v1/executions/?triggered_by=operator")
+    assert [row["id"] for row in answer.json()["results"]] == [mine.pk]
+
+    listed = browser.get(f"/executions/execution/?triggered_by__id__exact={operator.pk}")
+    assert [e.pk for e in listed.context["cl"].result_list] == [mine.pk]

@@ -380,8 +380,19 @@ def test_the_execution_changelist_shows_the_status_badge_and_jobs(
     assert response.status_code == 200
     page = response.content.decode()
     assert 'class="opsflow-badge opsflow-completed opsflow-bg-green"' in page  # green: completed
-    assert '<td class="field-jobs">2/2</td>' in page
+    assert '<td class="field-jobs">2 ✓ / 2</td>' in page
     assert f'href="{execution_url(finished_execution)}"' in page
+    # a finished list does not refresh itself
+    assert "opsflow-results" in page and 'hx-trigger="every 15s"' not in page
+
+
+def test_a_list_with_a_run_still_going_refreshes_itself(client, org, viewer, redis_conn):
+    trigger_workflow(make_workflow(org, GREETING))
+    client.force_login(viewer)
+
+    page = client.get(EXECUTIONS).content.decode()
+
+    assert 'hx-trigger="every 15s"' in page and 'hx-select="#opsflow-results"' in page
 
 
 @pytest.mark.django_db(transaction=True)

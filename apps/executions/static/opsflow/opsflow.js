@@ -8,3 +8,22 @@ document.addEventListener("submit", function (event) {
     event.stopImmediatePropagation();
   }
 }, true);
+
+// A list that refreshes itself (the executions while some are running): not while the user is
+// choosing rows or typing, nor in a hidden tab; and the new rows get the admin's action
+// checkboxes behaviour (actions.js binds them once, at load).
+document.addEventListener("htmx:beforeRequest", function (event) {
+  var list = event.detail.elt;
+  if (!list || list.id !== "opsflow-results") return;
+  var form = list.closest("form");
+  var busy = document.hidden ||
+    (form && form.querySelector("input.action-select:checked")) ||
+    (form && form.contains(document.activeElement) && document.activeElement.tagName !== "BODY");
+  if (busy) event.preventDefault();
+});
+document.addEventListener("htmx:afterSettle", function (event) {
+  var list = document.getElementById("opsflow-results");
+  if (!list || !list.contains(event.detail.elt) && event.detail.elt !== list) return;
+  var boxes = list.querySelectorAll("tr input.action-select");
+  if (boxes.length && window.Actions) window.Actions(boxes);
+});
