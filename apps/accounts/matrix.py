@@ -107,7 +107,12 @@ ACTIONS: tuple[Action, ...] = (
             "GET /api/v1/executions/{pk}/events/",
             "GET /api/v1/executions/{pk}/stream/",
         ),
-        admin=("executions_execution_changelist", "executions_execution_change"),
+        admin=(
+            "executions_execution_changelist",
+            "executions_execution_change",
+            "executions_execution_step",
+            "executions_execution_step_download",
+        ),
     ),
     Action(
         "executions.cancel",

@@ -5,6 +5,7 @@ import json
 from django.contrib import admin, messages
 from django.contrib.humanize.templatetags.humanize import naturaltime
 from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -27,7 +28,7 @@ from apps.accounts.permissions import (
     organization_ids_for,
     scope_to_user,
 )
-from apps.executions import services
+from apps.executions import presenters, services
 from apps.executions.choices import (
     EXECUTION_TERMINAL,
     INCOMPLETE_RETRYABLE,
@@ -37,7 +38,7 @@ from apps.executions.choices import (
 )
 from apps.executions.errors import INCOMPLETE_ERROR_TYPES
 from apps.executions.filtersets import variable_condition
-from apps.executions.models import Agent, Execution, IncompleteExecution
+from apps.executions.models import Agent, Execution, IncompleteExecution, Step
 from apps.workflows.definition import DefinitionError
 from apps.workflows.models import Workflow
 from config.limits import document_problem, loads_json, problem_text
@@ -298,12 +299,61 @@ class ExecutionAdmin(VolumeListMixin, ReadOnlyAdmin, OrganizationScopedAdmin, ad
                 name="executions_execution_retrigger",
             ),
             path(
+                "<int:pk>/steps/<int:step_id>/",
+                self.admin_site.admin_view(self.step_view),
+                name="executions_execution_step",
+            ),
+            path(
+                "<int:pk>/steps/<int:step_id>/download/<str:field>/",
+                self.admin_site.admin_view(self.step_download_view),
+                name="executions_execution_step_download",
+            ),
+            path(
                 "<int:pk>/steps/<int:step_id>/mark-succeeded/",
                 self.admin_site.admin_view(self.mark_succeeded_view),
                 name="executions_execution_mark_succeeded",
             ),
         ]
         return custom + super().get_urls()
+
+    def _step(self, request, pk: int, step_id: int) -> Step:
+        execution = get_object_or_404(self.get_queryset(request), pk=pk)
+        step = get_object_or_404(execution.steps, pk=step_id)
+        step.execution = execution
+        return step
+
+    def step_view(self, request, pk: int, step_id: int):
+        """One attempt of one node, laid out for reading."""
+        step = self._step(request, pk, step_id)
+        execution = step.execution
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"{step.node_id}, attempt {step.attempt}",
+            "subtitle": f"Execution #{execution.pk}",
+            "opts": self.model._meta,
+            "execution": execution,
+            "step": step,
+            "badge": status_badge(step.status),
+            "duration": _format_ms(step.duration_ms),
+            "blocks": presenters.blocks(step),
+            "attempts": [
+                (a, status_badge(a.step.status), _format_ms(a.step.duration_ms))
+                for a in presenters.attempts(step)
+            ],
+            "waiting": presenters.waiting_note(step),
+        }
+        return TemplateResponse(request, "admin/executions/execution/step.html", context)
+
+    def step_download_view(self, request, pk: int, step_id: int, field: str):
+        """A field of the step, whole, as a text file."""
+        step = self._step(request, pk, step_id)
+        text = presenters.download(step, field) if field in presenters.DOWNLOADABLE else None
+        if text is None:
+            raise Http404(f"Step {step.pk} has no {field!r} to download.")
+        name = f"execution-{pk}-{step.node_id}-{step.attempt}-{field}.txt"
+        response = HttpResponse(text, content_type="text/plain; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="{name}"'
+        return response
 
     def _execution_for_action(self, request, pk: int) -> Execution:
         if request.method != "POST":

@@ -249,6 +249,7 @@ def workflows_webhook_secret(w: World, user) -> dict[str, bool]:
 
 def executions_read(w: World, user) -> dict[str, bool]:
     execution = w.queued()
+    step = execution.steps.first()
     return {
         **read_channels(
             user,
@@ -260,6 +261,12 @@ def executions_read(w: World, user) -> dict[str, bool]:
             f"/executions/execution/{execution.pk}/change/",
         ),
         "api events": answered(api(user).get(f"/api/v1/executions/{execution.pk}/events/")),
+        "admin step page": page(
+            web(user).get(f"/executions/execution/{execution.pk}/steps/{step.pk}/")
+        ),
+        "admin step download": page(
+            web(user).get(f"/executions/execution/{execution.pk}/steps/{step.pk}/download/input/")
+        ),
     }
 
 

@@ -27,3 +27,16 @@ document.addEventListener("htmx:afterSettle", function (event) {
   var boxes = list.querySelectorAll("tr input.action-select");
   if (boxes.length && window.Actions) window.Actions(boxes);
 });
+
+// A Copy button (data-copy="<id>") puts the text of that element on the clipboard.
+document.addEventListener("click", function (event) {
+  var button = event.target.closest("[data-copy]");
+  if (!button) return;
+  var source = document.getElementById(button.getAttribute("data-copy"));
+  if (!source || !navigator.clipboard) return;
+  navigator.clipboard.writeText(source.textContent).then(function () {
+    var label = button.textContent;
+    button.textContent = "Copied";
+    setTimeout(function () { button.textContent = label; }, 1500);
+  });
+});
