@@ -271,8 +271,16 @@ class ExecutionAdmin(VolumeListMixin, ReadOnlyAdmin, OrganizationScopedAdmin, ad
             "execution": execution,
             "badge": status_badge(execution.status),
             "duration": _format_ms(execution.duration_ms),
+            "jobs": jobs_summary(execution),
             "steps": steps,
             "events": execution.events.order_by("created_at", "id"),
+            **dict(
+                zip(
+                    ("lanes", "axis"),
+                    presenters.timeline(execution, steps, timezone.now()),
+                    strict=True,
+                )
+            ),
             "variables_json": _pretty(execution.variables),
             # Follow the stream until the run is over; a paused or incomplete run too: a
             # decision taken elsewhere shows up here.

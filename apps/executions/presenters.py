@@ -124,3 +124,91 @@ def waiting_note(step: Step) -> str:
         since = step.started_at.strftime("%Y-%m-%d %H:%M:%S %Z") if step.started_at else "now"
         return f"Waiting for approval since {since}; no worker is held."
     return ""
+
+
+# --- the timeline of an execution ---
+
+
+@dataclass
+class Bar:
+    """One attempt on the time axis, in thousandths of the axis (an SVG viewBox 1000 wide)."""
+
+    step: Step | None
+    x: int
+    width: int
+    wait_x: int  # from its creation (queued, or waiting for its retry time) to its start
+    wait_width: int
+    colour: str
+    running: bool
+    label: str
+
+
+@dataclass
+class Lane:
+    node_id: str
+    node_type: str
+    bars: list[Bar]
+    note: str = ""  # "not run yet", "skipped"…
+
+
+def _at(moment, start, span: float) -> int:
+    return max(0, min(1000, round(1000 * (moment - start).total_seconds() / span)))
+
+
+def timeline(execution, steps: list[Step], now) -> tuple[list[Lane], str]:
+    """A lane per node of the execution's version, in the definition's order, with a bar per
+    attempt from its start to its end (to now while it runs) and its wait before; nodes with
+    no attempt say so. Also the axis' length, humanised."""
+    from apps.executions.choices import STATUS_COLOURS
+
+    start = execution.created_at
+    end = execution.finished_at or now
+    for step in steps:
+        for moment in (step.finished_at, step.started_at):
+            if moment and moment > end:
+                end = moment
+    span = max((end - start).total_seconds(), 0.001)
+    by_node: dict[str, list[Step]] = {}
+    for step in steps:
+        by_node.setdefault(step.node_id, []).append(step)
+    definition = execution.version.definition or {}
+    order = [(n.get("id"), n.get("type", "")) for n in definition.get("nodes", [])]
+    known = {node_id for node_id, _ in order}
+    order += [(s.node_id, s.node_type) for s in steps if s.node_id not in known]
+    lanes = []
+    for node_id, node_type in dict.fromkeys(order):
+        attempts = by_node.get(node_id, [])
+        bars = []
+        for step in attempts:
+            began = step.started_at
+            ended = step.finished_at or (now if step.status == StepStatus.RUNNING else began)
+            x = _at(began or step.created_at, start, span)
+            width = max(_at(ended, start, span) - x, 2) if began else 0
+            wait_from = _at(step.created_at, start, span)
+            bars.append(
+                Bar(
+                    step=step,
+                    x=x,
+                    width=width,
+                    wait_x=wait_from,
+                    wait_width=max(x - wait_from, 0),
+                    colour=STATUS_COLOURS.get(step.status, "blue"),
+                    running=step.status == StepStatus.RUNNING,
+                    label=f"#{step.attempt} {step.status}",
+                )
+            )
+        note = "" if attempts else ("not run" if execution.is_terminal else "not run yet")
+        if attempts and all(s.status == StepStatus.SKIPPED for s in attempts):
+            note = "skipped"
+        lanes.append(Lane(node_id, node_type, bars, note))
+    seconds = span
+    axis = (
+        f"{seconds * 1000:.0f} ms"
+        if seconds < 1
+        else (
+            f"{seconds:.1f} s"
+            if seconds < 60
+            else f"{int(seconds // 60)} min {int(seconds % 60)} s"
+        )
+    )
+    return lanes, axis

@@ -146,3 +146,43 @@ def test_another_organizations_step_is_a_404(run, outsider):
     client.force_login(outsider)
 
     assert client.get(url(run.steps.get())).status_code == 404
+
+
+# --- the timeline ---
+
+
+def test_the_timeline_has_a_lane_per_node_and_a_bar_per_attempt(org, browser):
+    from apps.executions.presenters import timeline
+
+    run = trigger_workflow(make_workflow(org, chain_definition("lanes", 3)))
+    start = run.created_at
+    first = run.steps.get()
+    Step.objects.filter(pk=first.pk).update(
+        status=StepStatus.FAILED,
+        started_at=start + timedelta(seconds=1),
+        finished_at=start + timedelta(seconds=3),
+    )
+    retry = Step.objects.create(
+        execution=run,
+        node_id="n0",
+        node_type="noop",
+        attempt=2,
+        status=StepStatus.RUNNING,
+        created_at=start + timedelta(seconds=3),
+        started_at=start + timedelta(seconds=5),
+    )
+    steps = list(run.steps.order_by("created_at", "id"))
+
+    lanes, axis = timeline(run, steps, now=start + timedelta(seconds=10))
+
+    assert [lane.node_id for lane in lanes] == ["n0", "n1", "n2"]
+    failed, running = lanes[0].bars
+    assert (failed.x, failed.width, failed.colour) == (100, 200, "red")
+    assert (running.wait_x, running.wait_width) == (300, 200)  # waited for its retry time
+    assert (running.x, running.width, running.running) == (500, 500, True)  # to now
+    assert [lane.note for lane in lanes[1:]] == ["not run yet", "not run yet"]
+    assert axis == "10.0 s"
+
+    page = browser.get(f"/executions/execution/{run.pk}/change/").content.decode()
+    assert f'href="/executions/execution/{run.pk}/steps/{retry.pk}/"' in page
+    assert 'class="opsflow-fill-red"' in page and "opsflow-running" in page
