@@ -190,19 +190,24 @@ class WorkflowAdmin(FormWithUser, OrganizationScopedAdmin, admin.ModelAdmin):
         if not has_role(request.user, workflow.organization, CAN_EXECUTE):
             raise PermissionDenied("Running a workflow needs the operator role.")
         definition = workflow.effective_definition
+        specs = definition.get("variables") or {}
         form = RunWorkflowForm(
-            request.POST or None, initial={"variables": _variables_template(definition)}
+            request.POST or None,
+            initial={"variables": _variables_template(definition)},
+            specs=specs,
         )
         if request.method == "POST" and form.is_valid():
             try:
                 execution = trigger_workflow(
-                    workflow, variables=form.cleaned_data["variables"], user=request.user
+                    workflow, variables=form.chosen_variables(), user=request.user
                 )
             except WorkflowNotRunnable as exc:
                 form.add_error(None, str(exc))
             except DefinitionError as exc:
                 for problem in exc.problems:
-                    form.add_error("variables", str(problem))
+                    name = str(problem.path).removeprefix("variables.")
+                    field = f"var_{name}" if form.typed and name in specs else "variables"
+                    form.add_error(field, str(problem))
             else:
                 messages.success(request, format_html("Execution #{} started.", execution.pk))
                 return redirect(reverse("admin:executions_execution_change", args=[execution.pk]))

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import yaml
 from django import forms
 
@@ -87,11 +89,46 @@ class WorkflowDefinitionForm(forms.ModelForm):
 
 
 class RunWorkflowForm(forms.Form):
+    """Run now: a field per declared variable, typed (`mode=form`, the page's main button), or
+    the whole mapping as YAML (the "advanced" box, and any post without `mode`)."""
+
     variables = forms.CharField(
         required=False,
         label="Variables (YAML or JSON mapping)",
         widget=forms.Textarea(attrs={"rows": 8, "class": "opsflow-code", "spellcheck": "false"}),
     )
+
+    def __init__(self, *args, specs: dict | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.specs = specs or {}
+        for name, spec in self.specs.items():
+            self.fields[f"var_{name}"] = _variable_field(name, spec)
+
+    @property
+    def typed(self) -> bool:
+        return self.data.get("mode") == "form"
+
+    def variable_fields(self):
+        return [self[f"var_{name}"] for name in self.specs]
+
+    def chosen_variables(self) -> dict:
+        """What to run with: the typed fields' values (blank ones left to their defaults), or
+        the YAML mapping."""
+        if not self.typed:
+            return self.cleaned_data["variables"]
+        chosen = {}
+        for name in self.specs:
+            value = self.cleaned_data.get(f"var_{name}")
+            if value is not None and value != "":
+                chosen[name] = value
+        return chosen
+
+    def clean(self):
+        cleaned = super().clean()
+        if not self.typed:  # the typed fields only count when their button sent the form
+            for name in self.specs:
+                self.errors.pop(f"var_{name}", None)
+        return cleaned
 
     def clean_variables(self):
         text = self.cleaned_data["variables"].strip()
@@ -104,6 +141,42 @@ class RunWorkflowForm(forms.Form):
         if not isinstance(value, dict):
             raise forms.ValidationError("must be a mapping of variable names to values")
         return value
+
+
+def _variable_field(name: str, spec: dict) -> forms.Field:
+    """The form field for one declared variable: its type, its default, whether required."""
+    kind = spec.get("type", "any")
+    default = spec.get("default")
+    required = bool(spec.get("required")) and default is None
+    described = (
+        [kind]
+        + (["required"] if required else [])
+        + ([f"default {json.dumps(default)}"] if default is not None else [])
+    )
+    common = {
+        "label": name,
+        "required": required,
+        "initial": default,
+        "help_text": ", ".join(described),
+    }
+    if kind == "integer":
+        return forms.IntegerField(**common)
+    if kind == "number":
+        return forms.FloatField(**common)
+    if kind == "boolean":
+        common["initial"] = "" if default is None else ("true" if default else "false")
+        return forms.TypedChoiceField(
+            choices=[("", "—"), ("true", "true"), ("false", "false")],
+            coerce=lambda v: v == "true",
+            empty_value=None,
+            **common,
+        )
+    if kind in ("object", "array", "any"):
+        common["initial"] = "" if default is None else json.dumps(default)
+        return forms.JSONField(
+            widget=forms.Textarea(attrs={"rows": 3, "class": "opsflow-code"}), **common
+        )
+    return forms.CharField(strip=False, **common)
 
 
 STARTER = """slug: my-workflow

@@ -237,6 +237,75 @@ def test_an_operator_sees_the_run_now_page_with_the_variables(client, operator, 
     }
 
 
+def test_the_run_form_has_a_typed_field_per_variable(client, operator, deploy):
+    client.force_login(operator)
+
+    page = client.get(run_url(deploy)).content.decode()
+
+    assert 'name="var_host"' in page and 'class="required"><code>host</code>' in page
+    assert 'type="number" name="var_retries" value="2"' in page
+    assert "integer, default 2" in page and "string, required" in page
+    assert "Advanced: the variables as YAML" in page
+
+
+def test_running_from_the_typed_fields_sends_typed_values(client, operator, deploy):
+    client.force_login(operator)
+
+    response = client.post(
+        run_url(deploy), {"mode": "form", "var_host": "web-1", "var_retries": "5"}
+    )
+
+    execution = Execution.objects.get()
+    assert response.status_code == 302
+    assert execution.variables == {"host": "web-1", "retries": 5}
+
+
+def test_the_typed_form_says_what_is_wrong_next_to_the_field(client, operator, deploy):
+    client.force_login(operator)
+
+    missing = client.post(run_url(deploy), {"mode": "form", "var_host": "", "var_retries": ""})
+    wrong = client.post(run_url(deploy), {"mode": "form", "var_host": "a", "var_retries": "x"})
+
+    assert missing.status_code == 200 and wrong.status_code == 200
+    assert missing.context["form"].errors["var_host"] == ["This field is required."]
+    assert "Enter a whole number." in wrong.context["form"].errors["var_retries"]
+    assert not Execution.objects.exists()
+
+
+def test_boolean_and_object_variables_arrive_typed(client, org, operator):
+    workflow = make_workflow(
+        org,
+        {
+            "slug": "typed",
+            "name": "Typed",
+            "variables": {
+                "dry_run": {"type": "boolean", "default": True},
+                "targets": {"type": "array"},
+                "ratio": {"type": "number"},
+            },
+            "nodes": [{"id": "a", "type": "noop"}],
+            "edges": [],
+        },
+    )
+    client.force_login(operator)
+
+    client.post(
+        run_url(workflow),
+        {
+            "mode": "form",
+            "var_dry_run": "false",
+            "var_targets": '["web-1", "web-2"]',
+            "var_ratio": "0.5",
+        },
+    )
+
+    assert Execution.objects.get().variables == {
+        "dry_run": False,
+        "targets": ["web-1", "web-2"],
+        "ratio": 0.5,
+    }
+
+
 def test_running_with_variables_redirects_to_the_new_execution(client, operator, deploy):
     client.force_login(operator)
 

@@ -49,6 +49,23 @@ class EventStreamRenderer(BaseRenderer):
         return stream.frame("error", data)
 
 
+# One message of the stream (OpenAPI 3.0 has no itemSchema: tools read this as each event's).
+SSE_EVENT = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["log", "step", "status", "end", "error"]},
+        "id": {"type": "string", "description": "The last log event's id (for Last-Event-ID)."},
+        "data": {
+            "type": "string",
+            "description": "JSON: an execution event (log), a step (step), the execution "
+            '(status), {"status": ...} (end), or an error body (error).',
+        },
+        "retry": {"type": "integer"},
+    },
+}
+
+
 def _last_event_id(request) -> int:
     raw = request.headers.get("Last-Event-ID") or request.query_params.get("last_event_id") or "0"
     if not raw.isdigit() or len(raw) > 18:
@@ -115,7 +132,7 @@ class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
         return self.get_paginated_response(ExecutionEventSerializer(page, many=True).data)
 
     @extend_schema(
-        responses={(200, "text/event-stream"): OpenApiTypes.STR},
+        responses={(200, "text/event-stream"): SSE_EVENT},
         parameters=[
             OpenApiParameter(
                 "Last-Event-ID",
