@@ -45,7 +45,11 @@ ACTIONS: tuple[Action, ...] = (
             "GET /api/v1/workflows/{slug}/",
             "GET /api/v1/workflows/{slug}/versions/",
         ),
-        admin=("workflows_workflow_changelist", "workflows_workflow_change"),
+        admin=(
+            "workflows_workflow_changelist",
+            "workflows_workflow_change",
+            "workflows_workflow_diff",
+        ),
     ),
     Action(
         "workflows.webhook_url",

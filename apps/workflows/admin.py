@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import difflib
+
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpResponseNotAllowed
@@ -13,7 +15,12 @@ from apps.accounts.admin_mixins import FormWithUser, OrganizationScopedAdmin
 from apps.accounts.choices import CAN_EDIT, CAN_EXECUTE, CAN_READ
 from apps.accounts.permissions import has_role
 from apps.executions.services import WorkflowNotRunnable, trigger_workflow
-from apps.workflows.definition import DefinitionError, dump_document, masked_definition
+from apps.workflows.definition import (
+    DefinitionError,
+    dump_document,
+    masked_definition,
+    normalize,
+)
 from apps.workflows.forms import RunWorkflowForm, WorkflowDefinitionForm
 from apps.workflows.models import Workflow, WorkflowVersion
 from apps.workflows.services import (
@@ -148,6 +155,11 @@ class WorkflowAdmin(FormWithUser, OrganizationScopedAdmin, admin.ModelAdmin):
                 name="workflows_workflow_run",
             ),
             path(
+                "<int:pk>/diff/",
+                self.admin_site.admin_view(self.diff_view),
+                name="workflows_workflow_diff",
+            ),
+            path(
                 "<int:pk>/rotate-webhook/",
                 self.admin_site.admin_view(self.rotate_webhook_view),
                 name="workflows_workflow_rotate_webhook",
@@ -184,6 +196,48 @@ class WorkflowAdmin(FormWithUser, OrganizationScopedAdmin, admin.ModelAdmin):
             f"New webhook URL: /hooks/{workflow.webhook_key}/ (the old one no longer works).",
         )
         return redirect(reverse("admin:workflows_workflow_change", args=[workflow.pk]))
+
+    def diff_view(self, request, pk: int):
+        """Two versions (or a version and the draft) side by side, as normalized documents with
+        secrets masked."""
+        workflow = self._workflow(request, pk)
+        numbers = list(workflow.versions.order_by("number").values_list("number", flat=True))
+        choices = [str(n) for n in numbers] + ["draft"]
+        default_b = str(numbers[-1]) if numbers else "draft"
+        default_a = str(numbers[-2]) if len(numbers) > 1 else choices[0]
+        a = request.GET.get("a", default_a)
+        b = request.GET.get("b", default_b)
+        problems = [
+            f"{side}: no version {value!r}"
+            for side, value in (("a", a), ("b", b))
+            if value not in choices
+        ]
+        table = ""
+        if not problems:
+            left, right = (_document_of(workflow, value) for value in (a, b))
+            if left != right:
+                table = difflib.HtmlDiff(wrapcolumn=72).make_table(
+                    left.splitlines(),
+                    right.splitlines(),
+                    _label(a),
+                    _label(b),
+                    context=True,
+                    numlines=4,
+                )
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Compare versions of {workflow.name}",
+            "workflow": workflow,
+            "opts": self.model._meta,
+            "choices": choices,
+            "a": a,
+            "b": b,
+            "problems": problems,
+            "table": mark_safe(table),  # difflib escapes every line it lays out
+        }
+        return TemplateResponse(
+            request, "admin/workflows/workflow/diff.html", context, status=400 if problems else 200
+        )
 
     def run_view(self, request, pk: int):
         workflow = self._workflow(request, pk)
@@ -229,6 +283,23 @@ class WorkflowAdmin(FormWithUser, OrganizationScopedAdmin, admin.ModelAdmin):
                 has_role(request.user, obj.organization, CAN_EXECUTE) and obj.current_version_id
             )
         return super().render_change_form(request, context, add, change, form_url, obj)
+
+
+def _label(value: str) -> str:
+    return "draft (saved, not published)" if value == "draft" else f"version {value}"
+
+
+def _document_of(workflow: Workflow, value: str) -> str:
+    """A version's stored (normalized) definition, or the draft normalized when it is valid,
+    as YAML with each node's config masked as its type masks it."""
+    if value == "draft":
+        try:
+            definition = normalize(workflow.draft)
+        except DefinitionError:
+            definition = workflow.draft  # an invalid draft is compared as written
+    else:
+        definition = workflow.versions.get(number=int(value)).definition
+    return dump_document(masked_definition(definition))
 
 
 def _variables_template(definition) -> str:

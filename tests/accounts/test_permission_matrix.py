@@ -160,6 +160,7 @@ def workflows_read(w: World, user) -> dict[str, bool]:
             f"/workflows/workflow/{workflow.pk}/change/",
         ),
         "api versions": answered(api(user).get(f"/api/v1/workflows/{workflow.slug}/versions/")),
+        "admin diff": page(web(user).get(f"/workflows/workflow/{workflow.pk}/diff/")),
     }
 
 

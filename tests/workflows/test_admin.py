@@ -552,3 +552,49 @@ def test_the_execution_changelist_filters_of_an_outsider_do_not_name_other_workf
     page = response.content.decode()
     assert "Greet" not in page
     assert "Deploy web" not in page
+
+
+# --- version diff ---
+
+
+def diff_url(workflow: Workflow, query: str = "") -> str:
+    return f"{WORKFLOWS}{workflow.pk}/diff/{query}"
+
+
+def test_the_diff_shows_what_changed_between_two_versions(client, org, viewer):
+    from apps.workflows.services import publish_workflow, update_draft
+
+    workflow = make_workflow(org, deploy_definition())
+    update_draft(workflow, deploy_definition(name="Deploy the web tier"))
+    publish_workflow(workflow)
+    client.force_login(viewer)
+
+    response = client.get(diff_url(workflow))
+
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert 'class="diff"' in page
+    assert "version 1" in page and "version 2" in page
+    table = page[page.index('class="diff"') :]
+    assert "tier</span>" in table and 'class="diff_add"' in table  # the words added, marked
+    assert "name:&nbsp;Deploy&nbsp;web</td>" in table  # the old name, in the left column
+
+
+def test_the_diff_against_the_draft_and_of_equal_documents(client, org, viewer):
+    workflow = make_workflow(org, deploy_definition())
+    client.force_login(viewer)
+
+    same = client.get(diff_url(workflow, "?a=1&b=draft")).content.decode()
+
+    assert "No differences" in same
+
+
+@pytest.mark.parametrize("query", ["?a=9", "?b=x", "?a=%00", "?a=1.5"])
+def test_a_version_that_does_not_exist_is_a_clear_400(client, org, viewer, query):
+    workflow = make_workflow(org, deploy_definition())
+    client.force_login(viewer)
+
+    response = client.get(diff_url(workflow, query))
+
+    assert response.status_code == 400
+    assert "no version" in response.content.decode()
