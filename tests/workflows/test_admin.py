@@ -598,3 +598,34 @@ def test_a_version_that_does_not_exist_is_a_clear_400(client, org, viewer, query
 
     assert response.status_code == 400
     assert "no version" in response.content.decode()
+
+
+def test_the_diff_never_shows_a_secret_typed_into_a_config(client, org, viewer):
+    from apps.workflows.services import publish_workflow, update_draft
+
+    secret = {
+        "slug": "deploy",
+        "name": "Deploy web",
+        "nodes": [
+            {
+                "id": "call",
+                "type": "http.request",
+                "config": {
+                    "url": "https://x.example/",
+                    "headers": {"Authorization": "Bearer s3cr3t"},
+                },
+            }
+        ],
+        "edges": [],
+    }
+    workflow = make_workflow(org, secret)
+    secret["name"] = "Deploy web 2"
+    secret["nodes"][0]["config"]["headers"]["Authorization"] = "Bearer n3w-s3cr3t"
+    update_draft(workflow, secret)
+    publish_workflow(workflow)
+    client.force_login(viewer)
+
+    page = client.get(diff_url(workflow)).content.decode()
+
+    assert "s3cr3t" not in page and "n3w" not in page
+    assert "Deploy&nbsp;web" in page
