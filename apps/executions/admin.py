@@ -272,6 +272,7 @@ class ExecutionAdmin(VolumeListMixin, ReadOnlyAdmin, OrganizationScopedAdmin, ad
             "badge": status_badge(execution.status),
             "duration": _format_ms(execution.duration_ms),
             "jobs": jobs_summary(execution),
+            "graph": _execution_graph(execution, steps),
             "steps": steps,
             "events": execution.events.order_by("created_at", "id"),
             **dict(
@@ -412,6 +413,22 @@ class ExecutionAdmin(VolumeListMixin, ReadOnlyAdmin, OrganizationScopedAdmin, ad
         except services.WrongState as exc:
             messages.error(request, str(exc))
         return redirect(execution.get_absolute_url())
+
+
+def _execution_graph(execution: Execution, steps: list[Step], highlight: str = ""):
+    """The version's graph, each node coloured by its last attempt and linked to it."""
+    from apps.workflows.graph import draw
+
+    last = {step.node_id: step for step in steps}  # (steps come oldest first)
+    return draw(
+        execution.version.definition or {},
+        statuses={n: (s.status, STATUS_COLOURS.get(s.status, "blue")) for n, s in last.items()},
+        highlight=highlight,
+        urls={
+            n: reverse("admin:executions_execution_step", args=[execution.pk, s.pk])
+            for n, s in last.items()
+        },
+    )
 
 
 def jobs_summary(execution: Execution) -> str:
@@ -635,6 +652,11 @@ class IncompleteExecutionAdmin(VolumeListMixin, OrganizationScopedAdmin, admin.M
             "input_text": input_text,
             "errors": errors,
             "has_current": record.workflow.current_version_id != record.execution.version_id,
+            "graph": _execution_graph(
+                record.execution,
+                list(record.execution.steps.order_by("created_at", "id")),
+                highlight=record.node_id,
+            ),
         }
         return TemplateResponse(
             request, "admin/executions/incompleteexecution/detail.html", context

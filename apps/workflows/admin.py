@@ -277,6 +277,12 @@ class WorkflowAdmin(FormWithUser, OrganizationScopedAdmin, admin.ModelAdmin):
 
     def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
         if obj is not None:
+            from apps.workflows.graph import draw
+
+            try:  # the saved draft: what this page edits (and what runs, once published)
+                context["graph"] = draw(masked_definition(normalize(obj.draft)))
+            except DefinitionError:
+                context["graph"] = None
             context["open_incomplete"] = obj.incomplete_executions.open().count()
             context["can_publish"] = has_role(request.user, obj.organization, CAN_EDIT)
             context["can_run"] = (
