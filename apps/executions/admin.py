@@ -693,10 +693,26 @@ def _retry_edits(record: IncompleteExecution, bundles_text: str, input_text: str
 class AgentAdmin(MissingIs404, ReadOnlyAdmin, admin.ModelAdmin):
     """The agents (RQ workers): state from the heartbeat, and the steps each runs now."""
 
-    list_display = ["name", "state_badge", "queue_list", "pid", "heartbeat"]
+    list_display = ["name", "state_badge", "queue_list", "pid", "heartbeat", "done", "failed"]
     list_display_links = None
     search_fields = ["name", "hostname"]
     list_per_page = 50
+
+    @admin.display(description="Steps done", ordering="steps_done")
+    def done(self, obj):
+        return f"{obj.steps_done:,}"
+
+    @admin.display(description="Failed", ordering="steps_failed")
+    def failed(self, obj):
+        return f"{obj.steps_failed:,}"
+
+    def changelist_view(self, request, extra_context=None):
+        """Above the agents: each queue's waiting steps and live agents, and a warning for a
+        queue whose steps no live agent will take."""
+        from apps.executions import dashboard
+
+        queues = dashboard.queues(organization_ids_for(request.user))
+        return super().changelist_view(request, {"queues": queues, **(extra_context or {})})
 
     def has_module_permission(self, request):
         return holds_role_anywhere(request.user, CAN_READ)

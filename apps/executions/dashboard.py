@@ -136,7 +136,7 @@ def build(user, now: datetime | None = None) -> Dashboard:
             alarm=bool(lost),
         )
     )
-    board.offline_queues = _offline_queues(org_ids, agents, now)
+    board.offline_queues = _offline_queues(org_ids, now)
     board.failures = list(
         runs.filter(status=ExecutionStatus.FAILED)
         .select_related("workflow")
@@ -223,8 +223,20 @@ def _storage(records, org_ids: list[int]) -> list[Storage]:
     return [Storage(names[pk], used.get(pk) or 0, limit) for pk in sorted(names, key=names.get)]
 
 
-def _offline_queues(org_ids: list[int], agents, now: datetime) -> list[tuple[str, int]]:
-    """Queues with steps waiting (dispatched, not yet taken) and no live agent listening."""
+@dataclass
+class Queue:
+    name: str
+    waiting: int  # steps dispatched to it and not taken yet (the user's organizations)
+    agents: int  # live agents listening to it
+
+    @property
+    def offline(self) -> bool:
+        return self.waiting > 0 and self.agents == 0
+
+
+def queues(org_ids: list[int], now: datetime | None = None) -> list[Queue]:
+    """Every queue with waiting steps or a live agent, by name."""
+    now = now or timezone.now()
     waiting = dict(
         Step.objects.filter(status=StepStatus.DISPATCHED, execution__organization_id__in=org_ids)
         .exclude(node_type__in=waiting_types())
@@ -232,9 +244,16 @@ def _offline_queues(org_ids: list[int], agents, now: datetime) -> list[tuple[str
         .annotate(n=Count("id"))
         .values_list("queue", "n")
     )
-    if not waiting:
-        return []
-    served: set[str] = set()
-    for queues in agents.in_state(AgentState.RUNNING, now).values_list("queues", flat=True):
-        served.update(queues or [])
-    return sorted((queue, n) for queue, n in waiting.items() if queue not in served)
+    listening: dict[str, int] = {}
+    for names in Agent.objects.in_state(AgentState.RUNNING, now).values_list("queues", flat=True):
+        for name in names or []:
+            listening[name] = listening.get(name, 0) + 1
+    return [
+        Queue(name, waiting.get(name, 0), listening.get(name, 0))
+        for name in sorted(set(waiting) | set(listening))
+    ]
+
+
+def _offline_queues(org_ids: list[int], now: datetime) -> list[tuple[str, int]]:
+    """Queues with steps waiting (dispatched, not yet taken) and no live agent listening."""
+    return [(q.name, q.waiting) for q in queues(org_ids, now) if q.offline]

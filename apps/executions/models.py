@@ -665,6 +665,12 @@ class Agent(models.Model):
         default=list, blank=True, help_text="Steps it was running at its last heartbeat."
     )
     stopped_at = models.DateTimeField(null=True, blank=True)
+    steps_done = models.PositiveBigIntegerField(
+        default=0, help_text="Steps it ran to completion since it started (from its heartbeat)."
+    )
+    steps_failed = models.PositiveBigIntegerField(
+        default=0, help_text="Attempts it ran that failed or timed out since it started."
+    )
 
     objects = AgentQuerySet.as_manager()
 
@@ -707,14 +713,27 @@ class Agent(models.Model):
                 "last_heartbeat_at": now,
                 "running_step_ids": [],
                 "stopped_at": None,
+                "steps_done": 0,
+                "steps_failed": 0,
             },
         )
         return agent
 
     @classmethod
-    def beat(cls, name: str, at: datetime, running: list[int], draining: bool) -> None:
-        """One heartbeat: the time, the steps it runs, `stopping` once it drains."""
+    def beat(
+        cls,
+        name: str,
+        at: datetime,
+        running: list[int],
+        draining: bool,
+        tally: dict[str, int] | None = None,
+    ) -> None:
+        """One heartbeat: the time, the steps it runs, how many it ran, `stopping` once it
+        drains."""
         fields: dict[str, Any] = {"last_heartbeat_at": at, "running_step_ids": running}
+        if tally:
+            fields["steps_done"] = tally.get("done", 0)
+            fields["steps_failed"] = tally.get("failed", 0)
         if draining:
             fields["state"] = AgentState.STOPPING
         cls.objects.filter(name=name).exclude(state=AgentState.STOPPED).update(**fields)

@@ -308,7 +308,13 @@ def run_step_once(step_or_id: Step | int, agent: AgentContext | None) -> Step | 
         graph = engine.graph_for(execution.version)
         node = graph.nodes[step.node_id]
         attempt = _run_node(execution, step, node, graph)
-        return _record_when_the_database_answers(step, attempt, agent)
+        following = _record_when_the_database_answers(step, attempt, agent)
+        if agent is not None:  # the Agents page's counts, sent with the next heartbeat
+            if attempt.status == StepStatus.COMPLETED:
+                agent.tally["done"] = agent.tally.get("done", 0) + 1
+            elif attempt.status in STEP_FAILED:
+                agent.tally["failed"] = agent.tally.get("failed", 0) + 1
+        return following
     finally:
         running.discard(step.pk)
 

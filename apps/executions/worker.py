@@ -41,6 +41,7 @@ class AgentContext:
     job_timeout: float
     draining: threading.Event = field(default_factory=threading.Event)
     running: set[int] = field(default_factory=set)  # step ids between start and record
+    tally: dict[str, int] = field(default_factory=lambda: {"done": 0, "failed": 0})
 
 
 current_agent: contextvars.ContextVar[AgentContext | None] = contextvars.ContextVar(
@@ -56,13 +57,19 @@ class Heartbeat:
     """
 
     def __init__(self) -> None:
-        self._agents: dict[str, tuple[threading.Event, set[int]]] = {}
+        self._agents: dict[str, tuple[threading.Event, set[int], dict[str, int]]] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def add(self, name: str, draining: threading.Event, running: set[int]) -> None:
+    def add(
+        self,
+        name: str,
+        draining: threading.Event,
+        running: set[int],
+        tally: dict[str, int] | None = None,
+    ) -> None:
         with self._lock:
-            self._agents[name] = (draining, running)
+            self._agents[name] = (draining, running, tally if tally is not None else {})
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._run, name="opsflow-heartbeat", daemon=True
@@ -83,11 +90,11 @@ class Heartbeat:
         now = timezone.now()
         with self._lock:
             agents = {
-                name: (draining.is_set(), sorted(running))
-                for name, (draining, running) in self._agents.items()
+                name: (draining.is_set(), sorted(running), dict(tally))
+                for name, (draining, running, tally) in self._agents.items()
             }
-        for name, (draining, running) in agents.items():
-            Agent.beat(name, now, running, draining)
+        for name, (draining, running, tally) in agents.items():
+            Agent.beat(name, now, running, draining, tally)
 
     def _run(self) -> None:
         """Never dies while an agent needs it: a silent heartbeat would get its steps re-run."""
@@ -123,6 +130,7 @@ class AgentWorker(SimpleWorker):
         super().__init__(*args, **kwargs)
         self.draining = threading.Event()
         self.running_steps: set[int] = set()
+        self.tally = {"done": 0, "failed": 0}  # steps this process ran, for the Agents page
 
     @property
     def agent_name(self) -> str:
@@ -136,7 +144,7 @@ class AgentWorker(SimpleWorker):
 
         name = self.agent_name
         Agent.register(name, self.queue_names(), socket.gethostname(), os.getpid())
-        HEARTBEAT.add(name, self.draining, self.running_steps)
+        HEARTBEAT.add(name, self.draining, self.running_steps, self.tally)
         try:
             return self._work_through_outages(*args, **kwargs)
         finally:
@@ -233,6 +241,7 @@ class AgentWorker(SimpleWorker):
             job_timeout=float(job.timeout or 180),
             draining=self.draining,
             running=self.running_steps,
+            tally=self.tally,
         )
         token = current_agent.set(agent)
         try:

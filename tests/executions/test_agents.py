@@ -32,8 +32,14 @@ pytestmark = pytest.mark.django_db(transaction=True)
 TIMEOUT = 30  # OPSFLOW_AGENT_TIMEOUT's default, which the tests run with
 
 
-def agent(name: str, *, silent_for: float = 0, state: str = AgentState.RUNNING) -> Agent:
-    row = Agent.register(name, ["default"], "host", 4242)
+def agent(
+    name: str,
+    *,
+    silent_for: float = 0,
+    state: str = AgentState.RUNNING,
+    queues: list[str] | None = None,
+) -> Agent:
+    row = Agent.register(name, queues or ["default"], "host", 4242)
     Agent.objects.filter(pk=row.pk).update(
         last_heartbeat_at=timezone.now() - timedelta(seconds=silent_for), state=state
     )
@@ -393,6 +399,21 @@ def test_the_agents_admin_page_shows_state_and_links_to_what_runs(org, viewer, c
     assert f"#{execution.pk} n0" in html
 
 
+def test_the_agents_page_shows_each_queue_and_warns_of_one_no_live_agent_serves(
+    org, viewer, client
+):
+    trigger_workflow(make_workflow(org, chain_definition("queued", 1)))  # waits in "default"
+    agent("host/shell-only", queues=["shell"])
+    Agent.objects.filter(name="host/shell-only").update(steps_done=1234, steps_failed=5)
+    client.force_login(viewer)
+
+    html = client.get("/executions/agent/").content.decode()
+
+    assert "No live agent for queue <code>default</code>: 1 step waits there." in html
+    assert "<td><code>shell</code></td><td>0</td><td>1</td>" in html
+    assert "1,234" in html and '<td class="field-failed">5</td>' in html
+
+
 # --- an agent that is alive but lost the step (its result could not be recorded) ----------------
 
 
@@ -450,7 +471,10 @@ def test_a_worker_reports_the_step_it_runs_in_its_heartbeat(org, redis_conn, set
     thread.join(timeout=15)
     step.refresh_from_db()
     assert step.status == StepStatus.COMPLETED
-    assert Agent.objects.get(name=worker.agent_name).running_step_ids == []
+    row = Agent.objects.get(name=worker.agent_name)
+    assert row.running_step_ids == []
+    # and it counted the step it ran (sent with the heartbeat)
+    assert (row.steps_done, row.steps_failed) == (1, 0)
 
 
 def test_a_result_is_recorded_once_the_database_answers_again(org, workers, monkeypatch):
