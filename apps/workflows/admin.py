@@ -296,16 +296,34 @@ def _label(value: str) -> str:
 
 
 def _document_of(workflow: Workflow, value: str) -> str:
-    """A version's stored (normalized) definition, or the draft normalized when it is valid,
-    as YAML with each node's config masked as its type masks it."""
-    if value == "draft":
-        try:
-            definition = normalize(workflow.draft)
-        except DefinitionError:
-            definition = workflow.draft  # an invalid draft is compared as written
-    else:
-        definition = workflow.versions.get(number=int(value)).definition
-    return dump_document(masked_definition(definition))
+    """A version's definition, or the draft, normalized (when valid), as YAML with each node's
+    config masked as its type masks it."""
+    stored = (
+        workflow.draft if value == "draft" else workflow.versions.get(number=int(value)).definition
+    )
+    try:
+        definition = normalize(stored)
+    except DefinitionError:
+        definition = stored  # an invalid draft is compared as written
+    return dump_document(_in_order(masked_definition(definition)))
+
+
+# The keys of a definition in the order people read them; others follow, alphabetically.
+# (PostgreSQL's jsonb keeps no order, so the same document can come back shuffled.)
+KEY_ORDER = [
+    "slug", "name", "description", "trigger", "variables", "settings", "nodes", "edges",
+    "id", "type", "from", "to", "on", "queue", "config",
+]  # fmt: skip
+
+
+def _in_order(value):
+    if isinstance(value, dict):
+        rank = {key: i for i, key in enumerate(KEY_ORDER)}
+        keys = sorted(value, key=lambda k: (rank.get(k, len(rank)), str(k)))
+        return {k: _in_order(value[k]) for k in keys}
+    if isinstance(value, list):
+        return [_in_order(v) for v in value]
+    return value
 
 
 def _variables_template(definition) -> str:
