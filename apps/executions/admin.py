@@ -34,6 +34,7 @@ from apps.executions.choices import (
     INCOMPLETE_RETRYABLE,
     STATUS_COLOURS,
     STEP_FAILED,
+    EventKind,
     ExecutionStatus,
 )
 from apps.executions.errors import INCOMPLETE_ERROR_TYPES
@@ -415,6 +416,30 @@ class ExecutionAdmin(VolumeListMixin, ReadOnlyAdmin, OrganizationScopedAdmin, ad
         return redirect(execution.get_absolute_url())
 
 
+def _retries_of(record: IncompleteExecution) -> dict:
+    """How the record was retried: automatic and manual resumptions told apart (from the
+    execution's log), and the edits of the last attempt an operator changed."""
+    messages_ = record.execution.events.filter(kind=EventKind.EXECUTION_RESUMED).values_list(
+        "message", flat=True
+    )
+    automatic = sum(" by auto-retry " in m for m in messages_)
+    edited = (
+        Step.objects.filter(
+            execution_id=record.execution_id, node_id=record.node_id, overrides__isnull=False
+        )
+        .order_by("-attempt")
+        .first()
+    )
+    overrides = edited.overrides if edited and isinstance(edited.overrides, dict) else {}
+    return {
+        "automatic_retries": automatic,
+        "manual_retries": len(messages_) - automatic,
+        "edited_step": edited,
+        "edited_input": _pretty(overrides["input"]) if "input" in overrides else "",
+        "edited_bundles": _pretty(overrides["bundles"]) if "bundles" in overrides else "",
+    }
+
+
 def _execution_graph(execution: Execution, steps: list[Step], highlight: str = ""):
     """The version's graph, each node coloured by its last attempt and linked to it."""
     from apps.workflows.graph import draw
@@ -657,6 +682,7 @@ class IncompleteExecutionAdmin(VolumeListMixin, OrganizationScopedAdmin, admin.M
                 list(record.execution.steps.order_by("created_at", "id")),
                 highlight=record.node_id,
             ),
+            **_retries_of(record),
         }
         return TemplateResponse(
             request, "admin/executions/incompleteexecution/detail.html", context

@@ -425,6 +425,23 @@ def test_retrying_with_an_edited_input_resumes_the_same_execution_from_the_faile
         retry_incomplete(record)
 
 
+def test_a_resolved_record_shows_the_edited_input_and_who_retried(
+    org, workers, tmp_path, operator, client
+):
+    workflow = make_workflow(org, flag_checked("shown-edits"))
+    execution, record = stopped_incomplete(workers, workflow, tmp_path / "flag")
+    retry_incomplete(record, input={"script": "echo edited"}, user=operator)
+    settle(workers, execution)
+    client.force_login(operator)
+
+    page = client.get(f"/executions/incompleteexecution/{record.pk}/change/").content.decode()
+
+    assert "Resumed with edits" in page and "Edited input" in page
+    assert "&quot;script&quot;: &quot;echo edited&quot;" in page
+    assert "0 automatically, 1 by an operator" in page
+    assert "off: this error type needs a person" in page
+
+
 def test_resuming_runs_the_branches_that_were_stopped_with_the_failed_node(
     org, workers, tmp_path, settings
 ):
