@@ -103,6 +103,7 @@ MIDDLEWARE = [
     "axes.middleware.AxesMiddleware",
     "apps.accounts.audit.AuditMiddleware",
     "apps.accounts.permissions.RolesMiddleware",
+    "apps.accounts.timezones.TimezoneMiddleware",
 ]
 
 # Login throttling (django-axes): after OPSFLOW_LOGIN_FAILURE_LIMIT failures for one user name

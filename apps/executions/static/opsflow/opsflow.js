@@ -40,3 +40,13 @@ document.addEventListener("click", function (event) {
     setTimeout(function () { button.textContent = label; }, 1500);
   });
 });
+
+// Times in the user's time zone: the server renders pages in the zone this cookie names.
+(function () {
+  try {
+    var zone = Intl.DateTimeFormat().resolvedOptions().timeZone;
+    if (zone && document.cookie.indexOf("opsflow_tz=" + encodeURIComponent(zone)) === -1) {
+      document.cookie = "opsflow_tz=" + encodeURIComponent(zone) + "; path=/; max-age=31536000; SameSite=Lax";
+    }
+  } catch (e) { /* an old browser: times stay in UTC */ }
+})();
