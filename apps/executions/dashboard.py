@@ -45,6 +45,8 @@ class Figure:
     url: str
     note: str = ""
     alarm: bool = False  # shown as needing attention
+    spread: int = 0  # (failures: how many workflows they came from)
+    average: float = 0.0  # (failures: the hourly average of the 24 hours before)
 
 
 @dataclass
@@ -107,7 +109,11 @@ def build(user, now: datetime | None = None) -> Dashboard:
     failed = _failed_figure(runs, now)
     board.figures.append(failed)
     if failed.alarm:
-        board.spike, board.spike_url = failed.note, failed.url
+        board.spike = (
+            f"Failure spike: {failed.value} in the last hour across {failed.spread} workflows, "
+            f"against {failed.average:.1f} an hour before. Escalate."
+        )
+        board.spike_url = failed.url
 
     records = IncompleteExecution.objects.filter(organization_id__in=org_ids)
     unresolved = records.filter(status__in=INCOMPLETE_OPEN).count()
@@ -191,22 +197,25 @@ def _failed_figure(runs, now: datetime) -> Figure:
     before = failed.filter(finished_at__lt=hour).count()
     average = before / 24
     workflows = last_hour.values("workflow_id").distinct().count() if count else 0
-    note = f"hourly average before: {average:.1f}"
     spike = (
         count >= SPIKE_MINIMUM and count >= SPIKE_FACTOR * average and workflows >= SPIKE_WORKFLOWS
     )
-    if spike:
-        note = (
-            f"Failure spike: {count} in the last hour across {workflows} workflows, "
-            f"against {average:.1f} an hour before. Escalate."
-        )
+    note = f"hourly average before: {average:.1f}" + (" · a spike" if spike else "")
     url = _changelist(
         "executions_execution",
         status__exact="failed",
         created_at__gte=(now - timedelta(hours=49)).isoformat(timespec="seconds"),
         finished_at__gte=hour.isoformat(timespec="seconds"),
     )
-    return Figure("Failed in the last hour", count, url, note=note, alarm=spike)
+    return Figure(
+        "Failed in the last hour",
+        count,
+        url,
+        note=note,
+        alarm=spike,
+        spread=workflows,
+        average=average,
+    )
 
 
 def _storage(records, org_ids: list[int]) -> list[Storage]:
