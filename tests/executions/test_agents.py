@@ -563,3 +563,47 @@ def test_an_agent_whose_loop_quits_works_again_until_it_is_asked_to_stop(org, re
     trigger_workflow(make_workflow(org, chain_definition("wake-up", 1)))  # ends its BLPOP
     thread.join(timeout=15)
     assert not thread.is_alive()
+
+
+def test_the_embedded_default_marks_its_agents_stopped_when_it_stops(tmp_path):
+    """`make run` stopped with Ctrl+C or SIGTERM: its worker threads are gone, and the Agents
+    page says so (stopped), instead of showing them lost for ever."""
+    import os
+    import signal
+    import socket
+    import sqlite3
+    import subprocess
+    import sys
+
+    from django.conf import settings as django_settings
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(OPSFLOW_VAR_DIR=str(tmp_path), DJANGO_SETTINGS_MODULE="config.settings.base")
+    env.pop("OPSFLOW_SECRETS_KEYS", None)
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "standalone", "--port", str(port), "--no-seed"],
+        cwd=django_settings.BASE_DIR,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def states() -> list[str]:
+        try:
+            with sqlite3.connect(tmp_path / "opsflow.sqlite3") as db:
+                return [r[0] for r in db.execute("SELECT state FROM executions_agent")]
+        except sqlite3.OperationalError:  # not migrated yet
+            return []
+
+    try:
+        deadline = time.monotonic() + 60
+        while states().count("running") < 2:
+            assert process.poll() is None and time.monotonic() < deadline, "never started"
+            time.sleep(0.2)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    assert states() and set(states()) == {"stopped"}

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import threading
 import time
 
+import uvicorn
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
@@ -46,6 +48,20 @@ def adopt_served_url(host: str, port: int) -> str:
     return served
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, with a last step once it has shut down: uvicorn then raises the
+    signal that stopped it again, and the process ends without running `finally` blocks."""
+
+    def __init__(self, config, on_exit=None):
+        super().__init__(config)
+        self.on_exit = on_exit
+
+    async def shutdown(self, sockets=None):
+        await super().shutdown(sockets)
+        if self.on_exit is not None:
+            await asyncio.to_thread(self.on_exit)
+
+
 class Command(BaseCommand):
     help = "Migrate, create an admin, seed the demo, then serve the web app with in-process workers and scheduler."
 
@@ -63,8 +79,6 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, host, port, workers, no_seed, **options):
-        import uvicorn
-
         embedded_db = not settings.DATABASE_URL
         embedded_redis = not settings.REDIS_URL
         call_command("migrate", interactive=False, verbosity=0)
@@ -106,12 +120,25 @@ class Command(BaseCommand):
         self.stdout.write(f"  API docs: {base_url}/api/v1/docs/")
         self.stdout.write(f"  Database: {database}")
         self.stdout.write(f"  Queues:   {queue_side}\n")
+        config = uvicorn.Config(
+            "config.asgi:application", host=host, port=port, lifespan="off", log_level="warning"
+        )
         try:
-            uvicorn.run(
-                "config.asgi:application", host=host, port=port, lifespan="off", log_level="warning"
-            )
+            _Server(config, on_exit=self._stopped if embedded_redis else None).run()
         finally:
             stop.set()
+
+    def _stopped(self) -> None:
+        """This process's worker threads end with it: their agents show as stopped, not lost
+        (and a step one was running is interrupted at the next start, not after a timeout)."""
+        import os
+        import socket
+
+        from apps.executions.models import Agent
+
+        names = Agent.objects.filter(hostname=socket.gethostname(), pid=os.getpid())
+        for name in names.values_list("name", flat=True):
+            Agent.mark_stopped(name)
 
     def _ensure_admin(self) -> tuple[str, str]:
         """Create `admin` with a generated password the first time; keep the password under var/."""
