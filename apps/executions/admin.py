@@ -375,11 +375,17 @@ class ExecutionAdmin(VolumeListMixin, ReadOnlyAdmin, OrganizationScopedAdmin, ad
 
     def cancel_view(self, request, pk: int):
         execution = self._execution_for_action(request, pk)
+        now = request.POST.get("now") == "1"
         try:
-            services.cancel_execution(execution, request.user)
+            services.cancel_execution(execution, request.user, now=now)
             messages.success(
                 request,
-                f"Execution #{pk} cancelled. Steps already running finish and are recorded.",
+                f"Execution #{pk} cancelled. "
+                + (
+                    "Running steps are being stopped."
+                    if now
+                    else "Steps already running finish and are recorded."
+                ),
             )
         except services.WrongState as exc:
             messages.error(request, str(exc))

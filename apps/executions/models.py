@@ -475,11 +475,13 @@ class Step(models.Model):
         error_type: str = "",
         error_message: str = "",
     ) -> None:
-        """running → completed / failed / timeout, recording what the node received and produced."""
+        """running → completed / failed / timeout (or cancelled: stopped by Cancel now),
+        recording what the node received and produced."""
         if self.status != StepStatus.RUNNING or status not in (
             StepStatus.COMPLETED,
             StepStatus.FAILED,
             StepStatus.TIMEOUT,
+            StepStatus.CANCELLED,
         ):
             raise IllegalTransition(f"step {self.pk} is {self.status}; cannot become {status}")
         self.status, self.finished_at = status, timezone.now()

@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 
 from apps.accounts import audit
 from apps.credentials.runtime import Secrets
-from apps.executions import engine, errors
+from apps.executions import engine, errors, stopping
 from apps.executions.choices import (
     EXECUTION_ADVANCING,
     EXECUTION_LIVE,
@@ -432,6 +432,7 @@ def _attempt_of(
                 execution_id=execution.pk,
                 step_id=step.pk,
                 credentials=secrets.used,
+                stop_requested=lambda: stopping.requested_by(step.pk),
             )
         )
         if output is WAIT:  # waits for a human: the step stays running, no worker is held
@@ -441,6 +442,8 @@ def _attempt_of(
                 f"Node {node['type']} returned output that is not JSON: {output!r:.200}"
             )
         return Attempt(StepStatus.COMPLETED, rendered, output)
+    except stopping.Stopped as exc:  # Cancel now
+        return Attempt(StepStatus.CANCELLED, rendered, exc.output or None, "Cancelled", exc.message)
     except errors.NodeError as exc:
         status = (
             StepStatus.TIMEOUT if isinstance(exc, errors.ModuleTimeoutError) else StepStatus.FAILED
@@ -540,6 +543,13 @@ def _log_outcome(execution: Execution, step: Step, attempt: Attempt) -> None:
         execution.log(
             EventKind.NODE_COMPLETED,
             f"{step.node_id} completed in {step.duration_ms} ms",
+            node_id=step.node_id,
+            step=step,
+        )
+    elif attempt.status == StepStatus.CANCELLED:
+        execution.log(
+            EventKind.NODE_CANCELLED,
+            f"{step.node_id} stopped: {attempt.error_message}",
             node_id=step.node_id,
             step=step,
         )
@@ -848,8 +858,10 @@ def mark_step_succeeded(step: Step, output: dict[str, Any], user) -> Step:
     return done
 
 
-def cancel_execution(execution: Execution, user=None) -> Execution:
-    """Running steps finish and are recorded; steps not started are cancelled; so is the run."""
+def cancel_execution(execution: Execution, user=None, now: bool = False) -> Execution:
+    """Steps not started are cancelled; so is the run. Running steps finish and are recorded,
+    or with `now` are stopped (apps.executions.stopping) and recorded cancelled."""
+    who = user.username if user else "an operator"
     with transaction.atomic():
         locked = Execution.objects.select_for_update().get(pk=execution.pk)
         if locked.status in EXECUTION_TERMINAL:
@@ -858,12 +870,25 @@ def cancel_execution(execution: Execution, user=None) -> Execution:
             _cancel_waiting(locked)
             for node_id in Step.cancel_open(locked):
                 locked.log(EventKind.NODE_CANCELLED, f"{node_id} cancelled", node_id=node_id)
-            locked.cancel(user.username if user else "an operator")
+            running = list(
+                locked.steps.filter(status=StepStatus.RUNNING)
+                .exclude(node_type__in=waiting_types())
+                .values_list("pk", "node_id")
+            )
+            if now and running:
+                names = ", ".join(node_id for _, node_id in running)
+                locked.log(EventKind.NODE_CANCELLED, f"Cancel now by {who}: stopping {names}")
+            locked.cancel(who + (" (now)" if now else ""))
+        if now:
+            transaction.on_commit(lambda: stopping.request([pk for pk, _ in running], who))
         for record in locked.incomplete_records.open():
             record.close(IncompleteStatus.DISCARDED, user)
     _after_space_freed(locked.workflow)
     audit.record(
-        "execution.cancel", locked, user=user, changes={"status": [execution.status, locked.status]}
+        "execution.cancel",
+        locked,
+        user=user,
+        changes={"status": [execution.status, locked.status], "now": [None, now]},
     )
     return locked
 

@@ -250,6 +250,8 @@ if OPSFLOW_AGENT_TIMEOUT < 2 * OPSFLOW_HEARTBEAT_SECONDS:
         f"OPSFLOW_AGENT_TIMEOUT ({OPSFLOW_AGENT_TIMEOUT}) must be at least twice "
         f"OPSFLOW_HEARTBEAT_SECONDS ({OPSFLOW_HEARTBEAT_SECONDS})"
     )
+# Cancel now: seconds a stopped shell command has between SIGTERM and SIGKILL.
+OPSFLOW_CANCEL_GRACE_SECONDS = env_int("OPSFLOW_CANCEL_GRACE_SECONDS", 10, minimum=0)
 # The execution stream (Server-Sent Events): how often it reads the database (milliseconds),
 # the quiet time before a heartbeat comment, how long one stream lasts before the client
 # reconnects, and the reconnect delay it tells the browser.

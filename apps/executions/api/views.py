@@ -170,13 +170,28 @@ class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
         response["X-Accel-Buffering"] = "no"  # nginx: pass each event on as it comes
         return response
 
-    @extend_schema(request=None, responses=ExecutionDetailSerializer)
+    @extend_schema(
+        request=None,
+        responses=ExecutionDetailSerializer,
+        parameters=[
+            OpenApiParameter(
+                "now",
+                OpenApiTypes.BOOL,
+                description="Stop running steps too (shell commands get SIGTERM, then SIGKILL "
+                "after OPSFLOW_CANCEL_GRACE_SECONDS; HTTP requests are abandoned).",
+            )
+        ],
+    )
     @action(detail=True, methods=["post"])
     def cancel(self, request, pk=None):
-        """Running steps finish and are recorded; steps not started are cancelled; so is the run."""
+        """Steps not started are cancelled; so is the run. Running steps finish and are
+        recorded, or with `?now=true` are stopped and recorded cancelled."""
+        now = request.query_params.get("now", "false").lower()
+        if now not in ("true", "false", "1", "0"):
+            raise ValidationError({"now": "true or false"})
         execution = self.get_object()
         try:
-            services.cancel_execution(execution, request.user)
+            services.cancel_execution(execution, request.user, now=now in ("true", "1"))
         except services.WrongState as exc:
             raise Conflict(str(exc)) from None
         return self._detail(execution)

@@ -6,6 +6,7 @@ Plugins add types with `@register`: subclass NodeType, set `name`, `outcomes`, a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -35,6 +36,8 @@ class NodeContext:
     # The credentials its config read ({{ secrets.NAME }}), by name: http.request binds them
     # to their hosts.
     credentials: dict[str, Any] = field(default_factory=dict)
+    # Who asked the run to stop now ("Cancel now"), or None; a long node asks now and then.
+    stop_requested: Callable[[], str | None] = lambda: None
 
 
 class NodeType:

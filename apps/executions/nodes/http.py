@@ -11,6 +11,8 @@ from __future__ import annotations
 import ipaddress
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -23,6 +25,7 @@ from apps.credentials.hosts import host_allowed
 from apps.executions import errors
 from apps.executions.masking import mask_headers
 from apps.executions.nodes.base import NodeContext, NodeType, Problem, cap_text, register
+from apps.executions.stopping import Stopped
 from config.limits import document_problem, loads_json, problem_text
 
 METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}
@@ -160,6 +163,24 @@ def error_for_status(status: int) -> type[errors.NodeError]:
     return errors.DataError  # a 1xx/2xx/3xx that `expect_status` did not list
 
 
+# The exchanges run here while the step's thread waits, so that Cancel now can abandon one:
+# the thread finishes (or times out) on its own, and its answer is dropped.
+_EXCHANGES = ThreadPoolExecutor(max_workers=32, thread_name_prefix="opsflow-http")
+STOP_CHECK_SECONDS = 0.25
+
+
+def _unless_stopped(exchange, stop_requested):
+    future = _EXCHANGES.submit(exchange)
+    while True:
+        try:
+            return future.result(timeout=STOP_CHECK_SECONDS)
+        except FutureTimeout:
+            who = stop_requested()
+            if who is not None:
+                future.cancel()
+                raise Stopped(f"Cancelled now by {who}: the HTTP request was abandoned") from None
+
+
 @register
 class HttpRequestNode(NodeType):
     name = "http.request"
@@ -218,7 +239,8 @@ class HttpRequestNode(NodeType):
         started = time.perf_counter()
         deadline = time.monotonic() + timeout
         cap = settings.OPSFLOW_OUTPUT_CAP_BYTES
-        try:
+
+        def exchange():
             with (
                 httpx.Client(
                     timeout=timeout,
@@ -232,6 +254,10 @@ class HttpRequestNode(NodeType):
                 client.stream(**request) as response,
             ):
                 content, truncated = _read_capped(response, deadline, cap)
+            return response, content, truncated
+
+        try:
+            response, content, truncated = _unless_stopped(exchange, ctx.stop_requested)
         except httpx.TimeoutException as exc:
             raise errors.ModuleTimeoutError(
                 f"HTTP request timed out after {timeout:g}s: {exc}"

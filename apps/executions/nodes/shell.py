@@ -18,12 +18,14 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from typing import Any
 
 from django.conf import settings
 
 from apps.executions import errors
 from apps.executions.nodes.base import NodeContext, NodeType, Problem, cap_text, register
+from apps.executions.stopping import Stopped
 from apps.executions.templating import has_template
 
 NO_TEMPLATES_IN_SCRIPT = (
@@ -59,6 +61,39 @@ _DIE_WITH_PARENT = _die_with_parent_linux()
 def _kill_group(process: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
+
+
+STOP_CHECK_SECONDS = 0.25
+
+
+def _wait(process: subprocess.Popen, timeout: float, stop_requested) -> str | None:
+    """Wait for the command; None when it exited, or who asked it to stop (Cancel now).
+    TimeoutExpired past `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise subprocess.TimeoutExpired(process.args, timeout)
+        try:
+            process.wait(timeout=min(STOP_CHECK_SECONDS, left))
+            return None
+        except subprocess.TimeoutExpired:
+            who = stop_requested()
+            if who is not None:
+                return who
+
+
+def _stop_group(process: subprocess.Popen) -> str:
+    """SIGTERM to the process group; SIGKILL after OPSFLOW_CANCEL_GRACE_SECONDS."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=settings.OPSFLOW_CANCEL_GRACE_SECONDS)
+        return "SIGTERM"
+    except subprocess.TimeoutExpired:
+        _kill_group(process)
+        process.wait()
+        return f"SIGKILL after {settings.OPSFLOW_CANCEL_GRACE_SECONDS:g} s"
 
 
 @register
@@ -156,7 +191,7 @@ class ShellCommandNode(NodeType):
             except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
                 raise errors.InvalidConfigurationError(f"Cannot run {argv[0]!r}: {exc}") from exc
             try:
-                process.wait(timeout=timeout)
+                who = _wait(process, timeout, ctx.stop_requested)
             except subprocess.TimeoutExpired:
                 _kill_group(process)
                 process.wait()
@@ -168,6 +203,12 @@ class ShellCommandNode(NodeType):
             except BaseException:
                 _kill_group(process)
                 raise
+            if who is not None:
+                how = _stop_group(process)
+                raise Stopped(
+                    f"Cancelled now by {who}: the command was stopped ({how})",
+                    output=self._output(out_file, err_file, process.returncode),
+                )
             output = self._output(out_file, err_file, process.returncode)
         if process.returncode != 0:
             raise errors.UnexpectedError(
