@@ -134,11 +134,12 @@ def session_cookie(user) -> str:
 
 
 def pages() -> list[Page]:
-    from apps.executions.models import Execution
+    from apps.executions.models import Execution, Step
 
     history = Execution.objects.filter(organization__slug__startswith="history-")
     workflow = history.values_list("workflow__slug", flat=True).first()
     recent = history.values_list("pk", flat=True).first()
+    recent_step = Step.objects.filter(execution_id=recent).values_list("pk", flat=True).first()
     return [
         Page("API executions", "/api/v1/executions/", 100),
         Page("API executions ?status=failed", "/api/v1/executions/?status=failed", 100),
@@ -167,6 +168,14 @@ def pages() -> list[Page]:
             "admin incomplete executions",
             "/executions/incompleteexecution/",
             150,
+            admin=True,
+        ),
+        # issue 12: the dashboard (the admin index) and the step page, at the same volume
+        Page("admin dashboard", "/", 150, admin=True),
+        Page(
+            "admin step page",
+            f"/executions/execution/{recent}/steps/{recent_step}/",
+            100,
             admin=True,
         ),
     ]

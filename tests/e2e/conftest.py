@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -30,6 +32,12 @@ def _database_url() -> str:
     return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 class Processes:
     """Starts manage.py commands as real processes; stops them all at the end of the test."""
 
@@ -47,6 +55,22 @@ class Processes:
             "-m", "uvicorn", "config.asgi:application", "--port", str(port), "--no-access-log",
             **env,
         )  # fmt: skip
+
+    def serve(self, **env: str) -> tuple[subprocess.Popen, str]:
+        """`web` on a free port, once it answers /healthz; the process and its base URL."""
+        port = free_port()
+        process = self.web(port, **env)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, "uvicorn exited"
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    return process, base
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.2)
 
     def spawn(self, *args: str, **env: str) -> subprocess.Popen:
         name = args[1] if args[0] in ("manage.py", "-m") else args[0]

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import time
 from datetime import timedelta
 from pathlib import Path
 
-import httpx
 import pytest
 from django.conf import settings
 from django.utils import timezone
@@ -34,12 +32,6 @@ pytestmark = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class Portal:
     def __init__(self, base: str, org):
         self.base, self.org = base, org
@@ -50,23 +42,11 @@ def portal(processes, transactional_db):
     org = make_org("acme")
     make_user("olga", org, Role.OPERATOR)
     make_user("carol", org, Role.OPERATOR)
-    port = free_port()
     # (the test settings: their password hasher is the one the users were made with)
-    web = processes.web(
-        port, OPSFLOW_SSE_POLL_MS="100", DJANGO_SETTINGS_MODULE="config.settings.test"
+    _, base = processes.serve(
+        OPSFLOW_SSE_POLL_MS="100", DJANGO_SETTINGS_MODULE="config.settings.test"
     )
     processes.worker()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        assert web.poll() is None, "uvicorn exited"
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.2)
     return Portal(base, org)
 
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 
@@ -17,28 +16,10 @@ from tests.e2e.test_multiprocess import create_and_publish, wait_for
 pytestmark = [needs_services, pytest.mark.multiprocess]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture
 def web(processes, api):
-    """uvicorn on a free port, a pool of two connections; an httpx client with the API token."""
-    port = free_port()
-    process = processes.web(port, OPSFLOW_DB_POOL_SIZE="2", OPSFLOW_SSE_POLL_MS="100")
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        assert process.poll() is None, "uvicorn exited"
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.2)
+    """uvicorn with a pool of two connections; an httpx client with the API token."""
+    process, base = processes.serve(OPSFLOW_DB_POOL_SIZE="2", OPSFLOW_SSE_POLL_MS="100")
     with httpx.Client(
         base_url=f"{base}/api/v1", headers={"Authorization": api.headers["Authorization"]}
     ) as client:
