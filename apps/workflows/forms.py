@@ -15,6 +15,7 @@ from apps.workflows.definition import (
     parse_document,
 )
 from apps.workflows.models import Workflow
+from config.limits import document_problem, loads_json, problem_text
 
 
 class WorkflowDefinitionForm(forms.ModelForm):
@@ -143,6 +144,24 @@ class RunWorkflowForm(forms.Form):
         return value
 
 
+class JSONValueField(forms.CharField):
+    """A JSON value typed into a form, within the documents' bounds (Django's JSONField parses
+    a deeply nested text into a RecursionError)."""
+
+    def clean(self, value):
+        text = super().clean(value)
+        if text in (None, ""):
+            return None
+        try:
+            parsed = loads_json(text)
+        except ValueError as exc:
+            raise forms.ValidationError(f"not valid JSON: {exc}") from None
+        problem = document_problem(parsed)
+        if problem:
+            raise forms.ValidationError(problem_text(problem, "the value"))
+        return parsed
+
+
 def _variable_field(name: str, spec: dict) -> forms.Field:
     """The form field for one declared variable: its type, its default, whether required."""
     kind = spec.get("type", "any")
@@ -173,7 +192,7 @@ def _variable_field(name: str, spec: dict) -> forms.Field:
         )
     if kind in ("object", "array", "any"):
         common["initial"] = "" if default is None else json.dumps(default)
-        return forms.JSONField(
+        return JSONValueField(
             widget=forms.Textarea(attrs={"rows": 3, "class": "opsflow-code"}), **common
         )
     return forms.CharField(strip=False, **common)

@@ -306,6 +306,27 @@ def test_boolean_and_object_variables_arrive_typed(client, org, operator):
     }
 
 
+@pytest.mark.parametrize("text", ["[" * 100_000, "{not json", '{"a": ' * 70 + "1" + "}" * 70])
+def test_a_hostile_json_variable_is_a_form_error_not_a_500(client, org, operator, text):
+    workflow = make_workflow(
+        org,
+        {
+            "slug": "json-var",
+            "name": "JSON var",
+            "variables": {"payload": {"type": "object"}},
+            "nodes": [{"id": "a", "type": "noop"}],
+            "edges": [],
+        },
+    )
+    client.force_login(operator)
+
+    response = client.post(run_url(workflow), {"mode": "form", "var_payload": text})
+
+    assert response.status_code == 200
+    assert response.context["form"].errors["var_payload"]
+    assert not Execution.objects.exists()
+
+
 def test_running_with_variables_redirects_to_the_new_execution(client, operator, deploy):
     client.force_login(operator)
 
