@@ -9,6 +9,7 @@ import time
 from http.server import BaseHTTPRequestHandler
 
 import pytest
+from django.db import connection
 
 from apps.executions import services
 from apps.executions.choices import ExecutionStatus, StepStatus
@@ -36,7 +37,14 @@ def running(execution: Execution, timeout: float = 15) -> Step:
 
 def work_in_background(redis_conn, queue: str) -> threading.Thread:
     worker = ThreadAgentWorker([queue], connection=redis_conn)
-    thread = threading.Thread(target=worker.work, kwargs={"burst": True}, daemon=True)
+
+    def work() -> None:
+        try:
+            worker.work(burst=True)
+        finally:
+            connection.close()  # this thread's: back to the pool, not held by a dead thread
+
+    thread = threading.Thread(target=work, daemon=True)
     thread.start()
     return thread
 
