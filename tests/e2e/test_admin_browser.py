@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.db import connections
 
 from apps.accounts.choices import Role
 from apps.accounts.models import Membership, Organization
@@ -54,6 +55,7 @@ def page(live_server):
         page.on("pageerror", lambda error: violations.append(f"page error: {error}"))
         yield page
         browser.close()
+        connections.close_all()  # those of Playwright's context (see test_portal_browser.py)
         assert violations == []
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.db import connections
 from django.utils import timezone
 
 from apps.accounts.choices import Role
@@ -56,6 +57,10 @@ def chromium():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
+        # Playwright's loop runs the test in a context of its own, where Django keeps other
+        # connections than the test's: one an earlier browser test left there would be stale
+        # (dead, if PostgreSQL restarted since, as the chaos tests do).
+        connections.close_all()
         browser = p.chromium.launch(
             executable_path=CHROMIUM,
             args=["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync"],
@@ -81,6 +86,7 @@ def chromium():
 
         yield open_page
         browser.close()
+        connections.close_all()
         assert violations == []
 
 
