@@ -167,18 +167,23 @@ def test_a_gate_approved_in_another_browser_shows_on_the_first_without_reload(po
     assert watcher.evaluate("window.opsflowNoReload") is True
 
 
+def parked(org, slug: str):
+    """A workflow whose one node waits on a queue no agent serves: its runs stay put."""
+    return make_workflow(
+        org,
+        {
+            "slug": slug,
+            "name": slug.title(),
+            "nodes": [{"id": "a", "type": "noop", "queue": "nowhere"}],
+            "edges": [],
+        },
+    )
+
+
 def test_the_dashboard_shows_a_failure_spike_and_opens_the_failures(portal, chromium):
     now = timezone.now()
     for slug in ("deploy", "backup"):
-        workflow = make_workflow(
-            portal.org,
-            {
-                "slug": slug,
-                "name": slug.title(),
-                "nodes": [{"id": "a", "type": "noop", "queue": "nowhere"}],
-                "edges": [],
-            },
-        )
+        workflow = parked(portal.org, slug)
         runs = [trigger_workflow(workflow) for _ in range(3)]
         Execution.objects.filter(pk__in=[r.pk for r in runs]).update(
             status=ExecutionStatus.FAILED,
@@ -198,24 +203,7 @@ def test_the_dashboard_shows_a_failure_spike_and_opens_the_failures(portal, chro
 
 
 def test_bulk_cancel_of_everything_matching_a_filter(portal, chromium):
-    stuck = make_workflow(
-        portal.org,
-        {
-            "slug": "stuck",
-            "name": "Stuck",
-            "nodes": [{"id": "a", "type": "noop", "queue": "nowhere"}],
-            "edges": [],
-        },
-    )
-    other = make_workflow(
-        portal.org,
-        {
-            "slug": "other",
-            "name": "Other",
-            "nodes": [{"id": "a", "type": "noop", "queue": "nowhere"}],
-            "edges": [],
-        },
-    )
+    stuck, other = parked(portal.org, "stuck"), parked(portal.org, "other")
     runs = [trigger_workflow(stuck) for _ in range(55)]  # more than a page (50)
     spared = trigger_workflow(other)
     page = chromium(portal, "olga")
