@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import json
-
 from django.contrib import admin, messages
 from django.contrib.humanize.templatetags.humanize import naturaltime
 from django.core.exceptions import PermissionDenied
@@ -261,8 +259,8 @@ class ExecutionAdmin(VolumeListMixin, ReadOnlyAdmin, OrganizationScopedAdmin, ad
         )
         steps = list(execution.steps.order_by("created_at", "id"))
         for step in steps:
-            step.input_json = _pretty(step.input)
-            step.output_json = _pretty(step.output)
+            step.input_json = presenters.pretty(step.input)
+            step.output_json = presenters.pretty(step.output)
             step.badge = status_badge(step.status)
             step.duration = _format_ms(step.duration_ms)
         context = {
@@ -283,7 +281,7 @@ class ExecutionAdmin(VolumeListMixin, ReadOnlyAdmin, OrganizationScopedAdmin, ad
                     strict=True,
                 )
             ),
-            "variables_json": _pretty(execution.variables),
+            "variables_json": presenters.pretty(execution.variables),
             # Follow the stream until the run is over; a paused or incomplete run too: a
             # decision taken elsewhere shows up here.
             "live": execution.status not in EXECUTION_TERMINAL,
@@ -441,8 +439,8 @@ def _retries_of(record: IncompleteExecution) -> dict:
         "automatic_retries": automatic,
         "manual_retries": len(messages_) - automatic,
         "edited_step": edited,
-        "edited_input": _pretty(overrides["input"]) if "input" in overrides else "",
-        "edited_bundles": _pretty(overrides["bundles"]) if "bundles" in overrides else "",
+        "edited_input": presenters.pretty(overrides["input"]) if "input" in overrides else "",
+        "edited_bundles": presenters.pretty(overrides["bundles"]) if "bundles" in overrides else "",
     }
 
 
@@ -528,12 +526,6 @@ def _markable_steps(execution: Execution, steps: list) -> set[int]:
     for step in steps:
         latest[step.node_id] = step
     return {s.pk for s in latest.values() if s.status in STEP_FAILED and not s.handling}
-
-
-def _pretty(value) -> str:
-    if value is None:
-        return ""
-    return json.dumps(value, indent=2, sort_keys=False, default=str)
 
 
 def _format_ms(ms: int | None) -> str:
@@ -637,9 +629,11 @@ class IncompleteExecutionAdmin(VolumeListMixin, OrganizationScopedAdmin, admin.M
             self.get_queryset(request).select_related("execution", "workflow"), object_id
         )
         can_act = has_role(request.user, record.organization, CAN_EXECUTE)
-        bundles_text = _pretty(record.bundles)
+        bundles_text = presenters.pretty(record.bundles)
         input_text = (
-            _pretty(record.bundles.get("input")) if isinstance(record.bundles, dict) else ""
+            presenters.pretty(record.bundles.get("input"))
+            if isinstance(record.bundles, dict)
+            else ""
         )
         errors: list[str] = []
         if request.method == "POST":
