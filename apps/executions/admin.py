@@ -423,10 +423,12 @@ class ExecutionAdmin(VolumeListMixin, ReadOnlyAdmin, OrganizationScopedAdmin, ad
 def _retries_of(record: IncompleteExecution) -> dict:
     """How the record was retried: automatic and manual resumptions told apart (from the
     execution's log), and the edits of the last attempt an operator changed."""
-    messages_ = record.execution.events.filter(kind=EventKind.EXECUTION_RESUMED).values_list(
-        "message", flat=True
+    resumed = list(
+        record.execution.events.filter(kind=EventKind.EXECUTION_RESUMED).values_list(
+            "data", flat=True
+        )
     )
-    automatic = sum(" by auto-retry " in m for m in messages_)
+    automatic = sum(bool(isinstance(d, dict) and d.get("automatic")) for d in resumed)
     edited = (
         Step.objects.filter(
             execution_id=record.execution_id, node_id=record.node_id, overrides__isnull=False
@@ -437,7 +439,7 @@ def _retries_of(record: IncompleteExecution) -> dict:
     overrides = edited.overrides if edited and isinstance(edited.overrides, dict) else {}
     return {
         "automatic_retries": automatic,
-        "manual_retries": len(messages_) - automatic,
+        "manual_retries": len(resumed) - automatic,
         "edited_step": edited,
         "edited_input": presenters.pretty(overrides["input"]) if "input" in overrides else "",
         "edited_bundles": presenters.pretty(overrides["bundles"]) if "bundles" in overrides else "",

@@ -218,12 +218,12 @@ class Execution(models.Model):
         self._move(EXECUTION_ADVANCING, ExecutionStatus.INCOMPLETE)
         self.log(EventKind.EXECUTION_INCOMPLETE, f"Stored as an incomplete execution: {reason}")
 
-    def resume(self, message: str) -> None:
+    def resume(self, message: str, *, automatic: bool = False) -> None:
         """incomplete → running: an operator or the auto-retry resumes the same execution."""
         self._move({ExecutionStatus.INCOMPLETE}, ExecutionStatus.RUNNING)
         self.error_message = ""
         self.save(update_fields=["error_message"])
-        self.log(EventKind.EXECUTION_RESUMED, message)
+        self.log(EventKind.EXECUTION_RESUMED, message, data={"automatic": automatic})
 
     def pause(self, reason: str) -> None:
         """The run waits for a human (an approval gate); other branches may still run."""

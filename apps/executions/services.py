@@ -761,7 +761,8 @@ def retry_incomplete(
                 f"Resumed from {record.node_id} by {who} (attempt {record.attempts}"
                 f"{', edited input' if input is not None else ''}"
                 f"{', edited bundles' if bundles is not None else ''}"
-                f"{f', version {execution.version.number}' if use_current_version else ''})"
+                f"{f', version {execution.version.number}' if use_current_version else ''})",
+                automatic=auto,
             )
             engine.resume(
                 execution,

@@ -442,6 +442,23 @@ def test_a_resolved_record_shows_the_edited_input_and_who_retried(
     assert "off: this error type needs a person" in page
 
 
+def test_automatic_and_manual_retries_are_told_apart_even_for_a_user_named_auto_retry(
+    org, workers, tmp_path
+):
+    from apps.executions.admin import _retries_of
+    from tests.factories import make_user
+
+    workflow = make_workflow(org, flag_checked("told-apart"))
+    execution, record = stopped_incomplete(workers, workflow, tmp_path / "flag")
+    retry_incomplete(record, auto=True)  # fails again: the flag is still missing
+    settle(workers, execution)
+    record.refresh_from_db()
+    retry_incomplete(record, user=make_user("auto-retry"))
+
+    counts = _retries_of(record)
+    assert (counts["automatic_retries"], counts["manual_retries"]) == (1, 1)
+
+
 def test_resuming_runs_the_branches_that_were_stopped_with_the_failed_node(
     org, workers, tmp_path, settings
 ):
