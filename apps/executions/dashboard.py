@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from urllib.parse import urlencode
 
 from django.conf import settings
-from django.db.models import Count, Sum
+from django.db.models import Count
 from django.urls import reverse
 from django.utils import timezone
 
@@ -116,7 +116,7 @@ def build(user, now: datetime | None = None) -> Dashboard:
         board.spike_url = failed.url
 
     records = IncompleteExecution.objects.filter(organization_id__in=org_ids)
-    unresolved = records.filter(status__in=INCOMPLETE_OPEN).count()
+    unresolved = records.open().count()
     board.figures.append(
         Figure(
             "Unresolved incomplete executions",
@@ -128,7 +128,7 @@ def build(user, now: datetime | None = None) -> Dashboard:
             alarm=bool(unresolved),
         )
     )
-    board.storage = _storage(records, org_ids)
+    board.storage = _storage(org_ids)
 
     agents = Agent.objects.all()
     running_agents = agents.in_state(AgentState.RUNNING, now).count()
@@ -218,16 +218,11 @@ def _failed_figure(runs, now: datetime) -> Figure:
     )
 
 
-def _storage(records, org_ids: list[int]) -> list[Storage]:
+def _storage(org_ids: list[int]) -> list[Storage]:
     from apps.accounts.models import Organization
 
     limit = settings.OPSFLOW_IE_STORAGE_LIMIT_BYTES
-    used = dict(
-        records.filter(status__in=INCOMPLETE_OPEN)
-        .values_list("organization_id")
-        .annotate(total=Sum("size_bytes"))
-        .values_list("organization_id", "total")
-    )
+    used = IncompleteExecution.objects.stored_bytes_by_organization(org_ids)
     names = dict(Organization.objects.filter(pk__in=org_ids).values_list("pk", "name"))
     return [Storage(names[pk], used.get(pk) or 0, limit) for pk in sorted(names, key=names.get)]
 
