@@ -1,4 +1,9 @@
 from django.contrib import admin
+from django.contrib.auth.admin import GroupAdmin as BaseGroupAdmin
+from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.contrib.auth.models import Group, User
+from unfold.admin import ModelAdmin, TabularInline
+from unfold.forms import AdminPasswordChangeForm, UserChangeForm, UserCreationForm
 
 from apps.accounts.admin_mixins import MissingIs404, ReadOnlyAdmin
 from apps.accounts.choices import Role
@@ -6,14 +11,14 @@ from apps.accounts.models import AuditEntry, Membership, Organization
 from apps.accounts.permissions import has_role, holds_role_anywhere, organizations_for
 
 
-class MembershipInline(admin.TabularInline):
+class MembershipInline(TabularInline):
     model = Membership
     extra = 1
     autocomplete_fields = ["user"]
 
 
 @admin.register(Organization)
-class OrganizationAdmin(MissingIs404, admin.ModelAdmin):
+class OrganizationAdmin(MissingIs404, ModelAdmin):
     list_display = ["name", "slug", "created_at"]
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}
@@ -24,7 +29,7 @@ class OrganizationAdmin(MissingIs404, admin.ModelAdmin):
 
 
 @admin.register(AuditEntry)
-class AuditEntryAdmin(MissingIs404, ReadOnlyAdmin, admin.ModelAdmin):
+class AuditEntryAdmin(MissingIs404, ReadOnlyAdmin, ModelAdmin):
     """Read-only. Admins of an organization see its entries; superusers see all, logins too."""
 
     list_display = ["created_at", "actor_name", "action", "object_repr", "organization", "address"]
@@ -54,3 +59,20 @@ class AuditEntryAdmin(MissingIs404, ReadOnlyAdmin, admin.ModelAdmin):
         return request.user.is_superuser or (
             obj.organization is not None and has_role(request.user, obj.organization, Role.ADMIN)
         )
+
+
+# Django's user and group pages, in the portal's look (unfold's forms and widgets).
+admin.site.unregister(User)
+admin.site.unregister(Group)
+
+
+@admin.register(User)
+class UserAdmin(BaseUserAdmin, ModelAdmin):
+    form = UserChangeForm
+    add_form = UserCreationForm
+    change_password_form = AdminPasswordChangeForm
+
+
+@admin.register(Group)
+class GroupAdmin(BaseGroupAdmin, ModelAdmin):
+    pass

@@ -1,12 +1,12 @@
-"""The portal's admin site: Django's, with the ops dashboard as its index."""
+"""The portal's admin site: django-unfold's, with the ops dashboard as its index."""
 
 from __future__ import annotations
 
-from django.contrib import admin
 from django.template.response import TemplateResponse
+from unfold.sites import UnfoldAdminSite
 
 
-class OpsflowAdminSite(admin.AdminSite):
+class OpsflowAdminSite(UnfoldAdminSite):
     site_header = "Opsflow"
     site_title = "Opsflow"
     index_title = "Dashboard"

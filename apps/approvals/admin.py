@@ -7,6 +7,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.http import url_has_allowed_host_and_scheme
+from unfold.admin import ModelAdmin
 
 from apps.accounts.admin_mixins import (
     OrganizationScopedAdmin,
@@ -25,7 +26,7 @@ def approval_badge(status: str):
 
 
 @admin.register(Approval)
-class ApprovalAdmin(VolumeListMixin, ReadOnlyAdmin, OrganizationScopedAdmin, admin.ModelAdmin):
+class ApprovalAdmin(VolumeListMixin, ReadOnlyAdmin, OrganizationScopedAdmin, ModelAdmin):
     """Every approval gate of your organizations; the inbox lists what waits on you."""
 
     organization_field = "execution__organization"

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from unfold.admin import ModelAdmin
 
 from apps.accounts.admin_mixins import FormWithUser, OrganizationScopedAdmin
 from apps.accounts.choices import CAN_EDIT
@@ -16,7 +17,7 @@ from apps.credentials.services import (
 
 
 @admin.register(Credential)
-class CredentialAdmin(FormWithUser, OrganizationScopedAdmin, admin.ModelAdmin):
+class CredentialAdmin(FormWithUser, OrganizationScopedAdmin, ModelAdmin):
     """Editors and admins only, even to read: the names and hosts tell where production is."""
 
     form = CredentialForm

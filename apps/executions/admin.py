@@ -11,6 +11,7 @@ from django.utils import timezone
 from django.utils.dateformat import format as date_format
 from django.utils.html import format_html, format_html_join
 from django.utils.timesince import timesince
+from unfold.admin import ModelAdmin
 
 from apps.accounts.admin_mixins import (
     MissingIs404,
@@ -164,7 +165,7 @@ class TriggeredByFilter(admin.SimpleListFilter):
 
 
 @admin.register(Execution)
-class ExecutionAdmin(VolumeListMixin, ReadOnlyAdmin, OrganizationScopedAdmin, admin.ModelAdmin):
+class ExecutionAdmin(VolumeListMixin, ReadOnlyAdmin, OrganizationScopedAdmin, ModelAdmin):
     organization_field = "organization"
     list_display = [
         "id_link",
@@ -549,7 +550,7 @@ def _human_bytes(size: int) -> str:
 
 
 @admin.register(IncompleteExecution)
-class IncompleteExecutionAdmin(VolumeListMixin, OrganizationScopedAdmin, admin.ModelAdmin):
+class IncompleteExecutionAdmin(VolumeListMixin, OrganizationScopedAdmin, ModelAdmin):
     """Failed runs kept for resolution, per workflow (filter) and across all of them."""
 
     list_display = [
@@ -718,7 +719,7 @@ def _retry_edits(record: IncompleteExecution, bundles_text: str, input_text: str
 
 
 @admin.register(Agent)
-class AgentAdmin(MissingIs404, ReadOnlyAdmin, admin.ModelAdmin):
+class AgentAdmin(MissingIs404, ReadOnlyAdmin, ModelAdmin):
     """The agents (RQ workers): state from the heartbeat, and the steps each runs now."""
 
     list_display = ["name", "state_badge", "queue_list", "pid", "heartbeat", "done", "failed"]

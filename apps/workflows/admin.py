@@ -10,6 +10,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
+from unfold.admin import ModelAdmin, TabularInline
 
 from apps.accounts.admin_mixins import FormWithUser, OrganizationScopedAdmin
 from apps.accounts.choices import CAN_EDIT, CAN_EXECUTE, CAN_READ
@@ -33,7 +34,7 @@ from apps.workflows.services import (
 )
 
 
-class WorkflowVersionInline(admin.TabularInline):
+class WorkflowVersionInline(TabularInline):
     model = WorkflowVersion
     fields = ["number", "created_at", "created_by"]
     readonly_fields = fields
@@ -54,7 +55,7 @@ class WorkflowVersionInline(admin.TabularInline):
 
 
 @admin.register(Workflow)
-class WorkflowAdmin(FormWithUser, OrganizationScopedAdmin, admin.ModelAdmin):
+class WorkflowAdmin(FormWithUser, OrganizationScopedAdmin, ModelAdmin):
     form = WorkflowDefinitionForm
     change_form_template = "admin/workflows/workflow/change_form.html"
     list_display = ["name", "slug", "organization", "published", "is_active", "updated_at"]

@@ -63,6 +63,9 @@ ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
+    # django-unfold: the admin's look, before django.contrib.admin so that its templates win. The
+    # basic config: the default one replaces admin.site with its own, and ours is OpsflowAdminSite.
+    "unfold.apps.BasicAppConfig",
     "apps.accounts.admin_app.OpsflowAdminConfig",  # django.contrib.admin, the dashboard as index
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -314,6 +317,7 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]  # vendored front-end assets (static/vendor/README.md)
 STATIC_ROOT = VAR_DIR / "staticfiles"
 STATIC_ROOT.mkdir(
     parents=True, exist_ok=True
@@ -376,3 +380,39 @@ LOGGING = {
         "axes.apps": {"level": "WARNING"},  # its start-up banner; lockouts still log
     },
 }
+
+# --- The admin's look: django-unfold (its assets ship in the package: nothing from a CDN). ---
+# The page shell is the portal's own (templates/unfold/layouts/skeleton.html), built for the
+# Content-Security-Policy: Alpine's CSP build, the colours as a stylesheet (opsflow/theme.css).
+UNFOLD = {
+    "SITE_TITLE": "Opsflow",
+    "SITE_HEADER": "Opsflow",
+    "SITE_SUBHEADER": "Operations portal",
+    "SITE_SYMBOL": "conversion_path",
+    "SITE_URL": None,
+    "SITE_FAVICONS": [
+        {
+            "rel": "icon",
+            "type": "image/svg+xml",
+            "href": lambda request: _static("opsflow/favicon.svg"),
+        }
+    ],
+    "STYLES": [lambda request: _static("opsflow/opsflow.css")],
+    "SCRIPTS": [lambda request: _static("opsflow/opsflow.js")],
+    "SHOW_HISTORY": True,
+    "SHOW_VIEW_ON_SITE": False,
+    "ACCOUNT": {
+        "navigation": [{"title": "API docs", "link": "/api/v1/docs/"}],
+    },
+    "SIDEBAR": {
+        "show_search": False,
+        "show_all_applications": False,
+        "navigation": "apps.accounts.navigation.sidebar",
+    },
+}
+
+
+def _static(path: str) -> str:
+    from django.templatetags.static import static
+
+    return static(path)
