@@ -329,6 +329,7 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = True
 
 LOGIN_URL = "admin:login"
+LOGIN_REDIRECT_URL = "admin:index"  # the login page without ?next= (unfold's form carries no next field)
 
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "opsflow@localhost")
@@ -399,7 +400,7 @@ UNFOLD = {
     ],
     "STYLES": [lambda request: _static("opsflow/opsflow.css")],
     "SCRIPTS": [lambda request: _static("opsflow/opsflow.js")],
-    "SHOW_HISTORY": True,
+    "SHOW_HISTORY": False,  # the Audit page says who changed what
     "SHOW_VIEW_ON_SITE": False,
     "ACCOUNT": {
         "navigation": [{"title": "API docs", "link": "/api/v1/docs/"}],

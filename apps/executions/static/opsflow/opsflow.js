@@ -50,3 +50,20 @@ document.addEventListener("click", function (event) {
     }
   } catch (e) { /* an old browser: times stay in UTC */ }
 })();
+
+// The execution page re-renders its detail on every live event: step panels the user opened
+// stay open.
+var openPanels = [];
+document.addEventListener("htmx:beforeSwap", function (event) {
+  if (event.detail.target && event.detail.target.id === "execution-detail") {
+    openPanels = Array.prototype.map.call(
+      event.detail.target.querySelectorAll("details[id][open]"), function (d) { return d.id; });
+  }
+});
+document.addEventListener("htmx:afterSwap", function () {
+  openPanels.forEach(function (id) {
+    var panel = document.getElementById(id);
+    if (panel) panel.open = true;
+  });
+  openPanels = [];
+});
