@@ -136,3 +136,9 @@ def api(live_server, transactional_db):
         timeout=10,
     ) as client:
         yield client
+
+
+def refused(console_text: str) -> bool:
+    """What the browser says when the Content-Security-Policy refuses something, or when
+    Alpine's CSP build cannot run one of the page's expressions."""
+    return "Content Security Policy" in console_text or console_text.startswith("Alpine")

@@ -17,6 +17,7 @@ from apps.executions.choices import EXECUTION_TERMINAL, ExecutionStatus
 from apps.executions.models import Execution
 from apps.workflows.definition import parse_document
 from apps.workflows.services import import_workflow
+from tests.e2e.conftest import refused
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium")
 SCREENSHOTS = Path(settings.BASE_DIR) / "var" / "screenshots"
@@ -50,13 +51,19 @@ def page(live_server):
         violations: list[str] = []  # the Content-Security-Policy must never have to refuse
         page.on(
             "console",
-            lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None,
+            lambda m: violations.append(m.text) if refused(m.text) else None,
         )
         page.on("pageerror", lambda error: violations.append(f"page error: {error}"))
         yield page
         browser.close()
         connections.close_all()  # those of Playwright's context (see test_portal_browser.py)
         assert violations == []
+
+
+def open_step_panels(page) -> None:
+    """Open each step's input and output in place on the execution page."""
+    for summary in page.locator("#execution-detail table.opsflow-steps details > summary").all():
+        summary.click()
 
 
 @pytest.mark.django_db(transaction=True)
@@ -74,7 +81,7 @@ def test_an_operator_runs_the_demo_from_the_admin_and_reads_its_steps(live_serve
     page.goto(f"{live_server.url}/login/")
     page.fill("#id_username", "ops")
     page.fill("#id_password", "ops-password")
-    page.click("input[type=submit]")
+    page.click("#login-form button[type=submit]")
     page.goto(f"{live_server.url}/workflows/workflow/{workflow.pk}/change/")
     page.screenshot(path=str(SCREENSHOTS / "workflow.png"), full_page=True)
     page.click("text=Run now")
@@ -89,8 +96,11 @@ def test_an_operator_runs_the_demo_from_the_admin_and_reads_its_steps(live_serve
     page.reload()
     page.wait_for_selector(".opsflow-completed")
     page.screenshot(path=str(SCREENSHOTS / "execution.png"), full_page=True)
-    text = page.inner_text("#execution-detail")
-    assert "COMPLETED" in text.upper()
+    assert "COMPLETED" in page.inner_text("#execution-detail .opsflow-summary").upper()
+    text = page.inner_text("#execution-detail table.opsflow-steps")
+    assert f"{live_server.url}/healthz" not in text  # the step panels start closed
+    open_step_panels(page)
+    text = page.inner_text("#execution-detail table.opsflow-steps")
     assert f"{live_server.url}/healthz" in text  # the rendered input of the http.request step
     assert '"status_code": 200' in text
     assert "Portal answered 200 in" in text  # the shell step's stdout, via a template reference
@@ -147,7 +157,7 @@ def test_an_operator_resolves_an_incomplete_execution_with_an_edited_input(
     page.goto(f"{live_server.url}/login/")
     page.fill("#id_username", "op")
     page.fill("#id_password", "op-password")
-    page.click("input[type=submit]")
+    page.click("#login-form button[type=submit]")
     page.goto(f"{live_server.url}/executions/incompleteexecution/")
     assert "UnexpectedError" in page.inner_text("#result_list")
     page.click(f"text=#{record.pk}")
@@ -164,6 +174,7 @@ def test_an_operator_resolves_an_incomplete_execution_with_an_edited_input(
     workers.drain(until=lambda: Execution.objects.get(pk=execution.pk).status in EXECUTION_TERMINAL)
     page.reload()
     page.wait_for_selector("#execution-detail .opsflow-summary .opsflow-completed")
+    open_step_panels(page)
     page.screenshot(path=str(SCREENSHOTS / "resolved.png"), full_page=True)
     assert "pushed by hand" in page.inner_text("#execution-detail")
     record.refresh_from_db()
@@ -211,7 +222,7 @@ def test_an_approver_decides_from_the_inbox_and_the_run_goes_on(live_server, pag
     page.goto(f"{live_server.url}/login/")
     page.fill("#id_username", "carol")
     page.fill("#id_password", "carol-password")
-    page.click("input[type=submit]")
+    page.click("#login-form button[type=submit]")
     assert page.inner_text("#opsflow-inbox").upper() == "APPROVALS (1)"
     page.click("#opsflow-inbox")
     assert "Ship release 42?" in page.inner_text("#inbox")
@@ -243,7 +254,7 @@ def test_the_portal_runs_under_its_content_security_policy(live_server, page, wo
     page.goto(f"{live_server.url}/login/")
     page.fill("#id_username", "root")
     page.fill("#id_password", "pw-root")
-    page.click("input[type=submit]")
+    page.click("#login-form button[type=submit]")
 
     change = f"{live_server.url}/workflows/workflow/{workflow.pk}/change/"
     page.goto(change)
@@ -259,7 +270,7 @@ def test_the_portal_runs_under_its_content_security_policy(live_server, page, wo
     assert workflow.webhook_key != key
 
     page.goto(f"{live_server.url}/workflows/workflow/{workflow.pk}/run/")
-    page.click("input[type=submit]")
+    page.click("input[value='Run now']")
     page.wait_for_url("**/executions/execution/*/change/")
     workers.drain()
     page.wait_for_selector("text=completed", timeout=15000)
@@ -279,3 +290,40 @@ def test_the_portal_runs_under_its_content_security_policy(live_server, page, wo
     page.wait_for_selector(".swagger-ui .info", timeout=15000)  # the docs rendered
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "csp-api-docs.png"))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_portal_shell_works_under_the_csp_dark_mode_sidebar_and_filters(live_server, page):
+    """django-unfold's behaviour runs on Alpine's CSP build: the theme switch, the sidebar
+    toggle (both remembered across pages), the filter sheet. The fixture fails on any refusal
+    or expression error."""
+    org = Organization.objects.create(slug="demo", name="Demo")
+    user = get_user_model().objects.create_user("ops", password="ops-password", is_staff=True)
+    Membership.objects.create(organization=org, user=user, role=Role.OPERATOR)
+    page.goto(f"{live_server.url}/login/")
+    page.fill("#id_username", "ops")
+    page.fill("#id_password", "ops-password")
+    page.click("#login-form button[type=submit]")
+    page.wait_for_url(f"{live_server.url}/")
+    assert page.is_visible("#nav-sidebar >> text=Executions")
+
+    page.click("#nav-sidebar-inner >> text=unfold_more")  # the user menu
+    page.click("#nav-sidebar-inner a:has(span:text-is('Dark'))")
+    page.wait_for_function("document.documentElement.classList.contains('dark')")
+    page.goto(f"{live_server.url}/executions/execution/")
+    assert "dark" in page.evaluate("document.documentElement.className")  # remembered
+
+    page.click("button[title='Toggle navigation'] >> visible=true")
+    page.wait_for_selector("#nav-sidebar", state="hidden")
+    page.reload()
+    assert not page.is_visible("#nav-sidebar")  # remembered too
+    page.click("button[title='Toggle navigation'] >> visible=true")
+    page.wait_for_selector("#nav-sidebar", state="visible")
+
+    page.click("text=Filters")
+    page.wait_for_selector("text=By status", state="visible")
+    page.click("text=Failed")
+    page.wait_for_url("**status__exact=failed**")
+    page.click("#nav-sidebar-inner >> text=unfold_more")
+    page.click("#nav-sidebar-inner a:has(span:text-is('Light'))")
+    page.wait_for_function("!document.documentElement.classList.contains('dark')")

@@ -19,7 +19,7 @@ from apps.accounts.choices import Role
 from apps.executions.choices import ExecutionStatus
 from apps.executions.models import Execution
 from apps.executions.services import trigger_workflow
-from tests.e2e.conftest import needs_services
+from tests.e2e.conftest import needs_services, refused
 from tests.factories import make_org, make_user, make_workflow
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium")
@@ -72,15 +72,13 @@ def chromium():
             page = context.new_page()
             page.on(
                 "console",
-                lambda m: (
-                    violations.append(m.text) if "Content Security Policy" in m.text else None
-                ),
+                lambda m: violations.append(m.text) if refused(m.text) else None,
             )
             page.on("pageerror", lambda error: violations.append(f"page error: {error}"))
             page.goto(f"{portal.base}/login/")
             page.fill("#id_username", username)
             page.fill("#id_password", f"pw-{username}")
-            page.click("input[type=submit]")
+            page.click("#login-form button[type=submit]")
             page.wait_for_url(f"{portal.base}/")
             return page
 
