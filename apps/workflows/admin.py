@@ -115,7 +115,13 @@ class WorkflowAdmin(FormWithUser, OrganizationScopedAdmin, ModelAdmin):
 
     @admin.display(description="Webhook")
     def webhook_path(self, obj):
-        return f"/hooks/{obj.webhook_key}/"
+        """The path, and a button that copies the whole URL (this portal's address first)."""
+        return format_html(
+            '<code id="opsflow-webhook">/hooks/{}/</code> '
+            '<button type="button" class="opsflow-tool" data-copy="opsflow-webhook" '
+            "data-copy-origin>Copy URL</button>",
+            obj.webhook_key,
+        )
 
     def save_model(self, request, obj, form, change):
         definition = form.cleaned_data["definition"]
@@ -217,7 +223,8 @@ class WorkflowAdmin(FormWithUser, OrganizationScopedAdmin, ModelAdmin):
         if not problems:
             left, right = (_document_of(workflow, value) for value in (a, b))
             if left != right:
-                table = difflib.HtmlDiff(wrapcolumn=72).make_table(
+                # wrapped so that both columns fit a 1280 px window beside the sidebar
+                table = difflib.HtmlDiff(wrapcolumn=56).make_table(
                     left.splitlines(),
                     right.splitlines(),
                     _label(a),

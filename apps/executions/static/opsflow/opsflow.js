@@ -34,7 +34,10 @@ document.addEventListener("click", function (event) {
   if (!button) return;
   var source = document.getElementById(button.getAttribute("data-copy"));
   if (!source || !navigator.clipboard) return;
-  navigator.clipboard.writeText(source.textContent).then(function () {
+  // data-copy-origin: the element holds a path; copy it as a URL of this portal.
+  var text = (button.hasAttribute("data-copy-origin") ? window.location.origin : "") +
+    source.textContent;
+  navigator.clipboard.writeText(text).then(function () {
     var label = button.textContent;
     button.textContent = "Copied";
     setTimeout(function () { button.textContent = label; }, 1500);
