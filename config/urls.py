@@ -39,3 +39,5 @@ urlpatterns = [
     path("django-rq/", include((rq_urls, "django_rq"))),
     path("", admin.site.urls),  # last: the admin's catch-all would shadow the routes above
 ]
+
+handler404 = "apps.accounts.views.not_found"

@@ -128,3 +128,29 @@ def test_the_locked_out_page_renders_for_an_anonymous_visitor(rf):
 
     assert response.status_code == 429
     assert "Too many failed attempts for &#x27;someone&#x27;" in response.content.decode()
+
+
+def test_a_missing_page_keeps_the_portal_around_it_for_a_signed_in_user(operator, settings):
+    settings.DEBUG = False
+
+    response = logged_in(operator).get("/executions/execution/999999/change/")
+
+    assert response.status_code == 404
+    html = response.content.decode()
+    assert "Nothing here" in html
+    assert "/executions/execution/" in sidebar_links(html)  # the sidebar, to go on from here
+
+
+def test_the_404_page_renders_for_an_anonymous_visitor(rf):
+    from django.contrib.auth.models import AnonymousUser
+
+    from apps.accounts.views import not_found
+
+    request = rf.get("/somewhere/")
+    request.user = AnonymousUser()
+
+    response = not_found(request)
+
+    assert response.status_code == 404
+    html = response.content.decode()
+    assert "Nothing here" in html and 'id="nav-sidebar' not in html
