@@ -329,7 +329,8 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = True
 
 LOGIN_URL = "admin:login"
-LOGIN_REDIRECT_URL = "admin:index"  # the login page without ?next= (unfold's form carries no next field)
+# Where the login page without ?next= lands (unfold's login form carries no next field).
+LOGIN_REDIRECT_URL = "admin:index"
 
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "opsflow@localhost")
