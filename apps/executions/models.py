@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import models
+from django.db import connection, models, transaction
 from django.urls import reverse
 from django.utils import timezone
 
@@ -427,14 +427,50 @@ class Step(models.Model):
         self.save(update_fields=["handling"])
 
     def start(self, worker: str) -> bool:
-        """dispatched → running. Compare-and-swap, so a duplicate delivery does nothing."""
-        now = timezone.now()
-        changed = Step.objects.filter(pk=self.pk, status__in=STEP_RUNNABLE).update(
-            status=StepStatus.RUNNING, started_at=now, worker=worker[:200]
-        )
+        """dispatched → running, with its `started` event committed at the same time, before
+        the node runs: the live log shows a node while it runs. Compare-and-swap, so a
+        duplicate delivery changes nothing and logs nothing."""
+        now, worker = timezone.now(), worker[:200]
+        message = f"{self.node_id} started on {worker} (attempt {self.attempt})"
+        if connection.vendor == "postgresql":
+            changed = self._start_in_one_statement(now, worker, message)
+        else:
+            with transaction.atomic():  # SQLite has no UPDATE in a CTE: two statements, one commit
+                changed = bool(
+                    Step.objects.filter(pk=self.pk, status__in=STEP_RUNNABLE).update(
+                        status=StepStatus.RUNNING, started_at=now, worker=worker
+                    )
+                )
+                if changed:
+                    ExecutionEvent.objects.create(
+                        execution_id=self.execution_id,
+                        step_id=self.pk,
+                        node_id=self.node_id,
+                        kind=EventKind.NODE_STARTED,
+                        message=message,
+                        created_at=now,
+                    )
         if changed:
-            self.status, self.started_at, self.worker = StepStatus.RUNNING, now, worker[:200]
-        return bool(changed)
+            self.status, self.started_at, self.worker = StepStatus.RUNNING, now, worker
+        return changed
+
+    def _start_in_one_statement(self, now: datetime, worker: str, message: str) -> bool:
+        """The compare-and-swap and the event insert as one autocommit statement (a
+        data-modifying CTE): the start costs one round trip and one commit, as the bare update
+        did. The insert reads the CTE's rows, so a swap that changed nothing inserts nothing."""
+        step, event = Step._meta, ExecutionEvent._meta
+        sql = (
+            f"WITH started AS (UPDATE {step.db_table} SET status = %s, started_at = %s,"
+            " worker = %s WHERE id = %s AND status = ANY(%s) RETURNING id, execution_id)"
+            f" INSERT INTO {event.db_table}"
+            " (execution_id, step_id, node_id, kind, message, data, created_at)"
+            " SELECT execution_id, id, %s, %s, %s, '{}'::jsonb, %s FROM started RETURNING id"
+        )
+        params = [StepStatus.RUNNING, now, worker, self.pk, sorted(STEP_RUNNABLE)]
+        params += [self.node_id, EventKind.NODE_STARTED, message, now]
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchone() is not None
 
     def mark_unsent(self) -> bool:
         """Its enqueue failed after commit: the reconciler sends it once Redis answers."""

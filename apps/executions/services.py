@@ -485,7 +485,7 @@ def record_attempt(step: Step, attempt: Attempt, agent: AgentContext | None) -> 
                 error_type=attempt.error_type,
                 error_message=attempt.error_message,
             )
-            _log_attempt(execution, step, attempt)
+            _log_outcome(execution, step, attempt)
             local = _route(execution, engine.graph_for(version), step, attempt, local_queues)
     if getattr(execution, "freed_incomplete_space", False):
         _after_space_freed(execution.workflow)
@@ -493,7 +493,6 @@ def record_attempt(step: Step, attempt: Attempt, agent: AgentContext | None) -> 
 
 
 def _begin_wait(execution: Execution, step: Step, attempt: Attempt) -> None:
-    _log_started(execution, step)
     if execution.status not in EXECUTION_ADVANCING:  # cancelled meanwhile: nothing to wait for
         step.cancel_waiting()
         return
@@ -513,23 +512,8 @@ def _route(
     return engine.advance(execution, graph, [step.node_id], local_queues, finished=step)
 
 
-def _log_started(execution: Execution, step: Step) -> None:
-    """Logged with the outcome (one insert), dated when the step really started."""
-    execution.log(
-        EventKind.NODE_STARTED,
-        f"{step.node_id} started on {step.worker} (attempt {step.attempt})",
-        node_id=step.node_id,
-        step=step,
-        at=step.started_at,
-    )
-
-
-def _log_attempt(execution: Execution, step: Step, attempt: Attempt) -> None:
-    _log_started(execution, step)
-    _log_outcome(execution, step, attempt)
-
-
 def _log_outcome(execution: Execution, step: Step, attempt: Attempt) -> None:
+    """The attempt's result in the log (its `started` event was written by `Step.start`)."""
     if attempt.status == StepStatus.COMPLETED:
         if step.node_type == "condition":
             result = (attempt.output or {}).get("result")
@@ -1181,7 +1165,6 @@ def interrupt_step(step_id: int, agent: Agent, *, lost: bool) -> bool:
             node_id=step.node_id, status=StepStatus.INTERRUPTED
         ).count()
         with execution.batched_log():
-            _log_started(execution, step)
             if earlier + 1 >= MAX_INTERRUPTIONS:
                 message = (
                     f"Worker lost: {step.node_id} was interrupted {earlier + 1} times because "
