@@ -680,6 +680,7 @@ class IncompleteExecutionAdmin(VolumeListMixin, OrganizationScopedAdmin, ModelAd
             "input_text": input_text,
             "errors": errors,
             "has_current": record.workflow.current_version_id != record.execution.version_id,
+            **_failed_attempt(record),
             "graph": _execution_graph(
                 record.execution,
                 list(record.execution.steps.order_by("created_at", "id")),
@@ -690,6 +691,18 @@ class IncompleteExecutionAdmin(VolumeListMixin, OrganizationScopedAdmin, ModelAd
         return TemplateResponse(
             request, "admin/executions/incompleteexecution/detail.html", context
         )
+
+
+def _failed_attempt(record: IncompleteExecution) -> dict:
+    """The attempt that stored the record, and the end of what it wrote to stderr: why it
+    failed, next to the input the operator is about to edit."""
+    step = (
+        record.execution.steps.filter(node_id=record.node_id, status__in=STEP_FAILED)
+        .order_by("-attempt")
+        .first()
+    )
+    stderr = str(((step.output or {}) if step else {}).get("stderr") or "")
+    return {"failed_step": step, "failed_stderr": "\n".join(stderr.splitlines()[-20:])}
 
 
 def _retry_edits(record: IncompleteExecution, bundles_text: str, input_text: str) -> dict:

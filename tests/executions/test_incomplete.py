@@ -442,6 +442,22 @@ def test_a_resolved_record_shows_the_edited_input_and_who_retried(
     assert "off: this error type needs a person" in page
 
 
+def test_the_record_shows_why_the_node_failed_and_links_its_step_page(
+    org, workers, tmp_path, operator, client
+):
+    script = 'echo "no flag at $FLAG" >&2; test -f "$FLAG"'
+    workflow = make_workflow(org, flag_checked("says-why", script=script))
+    execution, record = stopped_incomplete(workers, workflow, tmp_path / "flag")
+    failed = execution.steps.get(node_id="check")
+    client.force_login(operator)
+
+    page = client.get(f"/executions/incompleteexecution/{record.pk}/change/").content.decode()
+
+    assert f'href="/executions/execution/{execution.pk}/steps/{failed.pk}/"' in page
+    stderr = page[page.index('id="failed-stderr"') :]
+    assert stderr.startswith(f'id="failed-stderr">no flag at {tmp_path / "flag"}</pre>')
+
+
 def test_automatic_and_manual_retries_are_told_apart_even_for_a_user_named_auto_retry(
     org, workers, tmp_path
 ):
