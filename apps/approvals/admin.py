@@ -16,7 +16,7 @@ from apps.accounts.admin_mixins import (
     row_or_404,
 )
 from apps.approvals import services
-from apps.approvals.choices import APPROVAL_COLOURS, Decision, Via
+from apps.approvals.choices import APPROVAL_COLOURS, ApprovalStatus, Decision, Via
 from apps.approvals.models import Approval
 from apps.executions.admin import status_badge
 
@@ -124,9 +124,12 @@ class ApprovalAdmin(VolumeListMixin, ReadOnlyAdmin, OrganizationScopedAdmin, Mod
         except (services.NotAllowed, services.AlreadyDecided) as exc:
             messages.error(request, str(exc))
         else:
-            messages.success(
-                request, f"Recorded: {decision}. The gate {approval.node_id} is {approval.status}."
-            )
+            verb = "approved" if decision == Decision.APPROVE else "rejected"
+            where = f"“{approval.node_id}” of execution #{approval.execution_id}"
+            if approval.status == ApprovalStatus.PENDING:  # more approvals are required
+                messages.success(request, f"You {verb} {where}; it waits for more approvals.")
+            else:
+                messages.success(request, f"You {verb} {where}.")
         return redirect(back)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):

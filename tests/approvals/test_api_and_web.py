@@ -596,6 +596,7 @@ def test_approving_from_the_inbox_redirects_and_records_via_web(
     after = client.get(response.url).content.decode()
     assert f'id="approval-{approval.pk}"' not in after
     assert 'id="opsflow-inbox">Approvals</a>' in after
+    assert f"You approved “gate” of execution #{approval.execution_id}." in after
     execution = workers.run_to_end(approval.execution)
     assert execution.steps.get(node_id="restart").output == {
         "by": "operator",
@@ -663,3 +664,19 @@ def test_the_execution_page_shows_the_gate_without_buttons_to_a_viewer(viewer, o
 
     assert refused.status_code == 302
     assert_untouched(approval)
+
+
+def test_a_gate_cancelled_with_its_run_says_cancelled_once_on_the_execution_page(
+    operator, open_gate, client
+):
+    from apps.executions.services import cancel_execution
+
+    approval = open_gate(["operator"])
+    cancel_execution(approval.execution, operator)
+    client.force_login(operator)
+
+    page = client.get(approval.execution.get_absolute_url()).content.decode()
+    approvals = page[page.index('id="approvals"') :]
+
+    assert "<td>cancelled" in approvals
+    assert "cancelled (cancelled)" not in approvals
