@@ -55,6 +55,14 @@ def status_badge(status: str, label: str | None = None, colours=STATUS_COLOURS):
     )
 
 
+def step_badge(step: Step):
+    """A step's pill; a gate waiting for a person says so (it is `running` without a worker,
+    and a pulsing "running" read as a worker busy on it)."""
+    if presenters.waiting_note(step):
+        return status_badge(ExecutionStatus.PAUSED, label="waiting")
+    return status_badge(step.status)
+
+
 def wants_partial(request) -> bool:
     """The one place that decides between the full page and the HTMX partial."""
     return bool(getattr(request, "htmx", False)) and not request.htmx.boosted
@@ -262,7 +270,8 @@ class ExecutionAdmin(VolumeListMixin, ReadOnlyAdmin, OrganizationScopedAdmin, Mo
         for step in steps:
             step.input_json = presenters.pretty(step.input)
             step.output_json = presenters.pretty(step.output)
-            step.badge = status_badge(step.status)
+            step.badge = step_badge(step)
+            step.waiting = bool(presenters.waiting_note(step))
             step.duration = _format_ms(step.duration_ms)
         context = {
             **self.admin_site.each_context(request),
@@ -342,11 +351,11 @@ class ExecutionAdmin(VolumeListMixin, ReadOnlyAdmin, OrganizationScopedAdmin, Mo
             "opts": self.model._meta,
             "execution": execution,
             "step": step,
-            "badge": status_badge(step.status),
+            "badge": step_badge(step),
             "duration": _format_ms(step.duration_ms),
             "blocks": presenters.blocks(step),
             "attempts": [
-                (a, status_badge(a.step.status), _format_ms(a.step.duration_ms))
+                (a, step_badge(a.step), _format_ms(a.step.duration_ms))
                 for a in presenters.attempts(step)
             ],
             "waiting": presenters.waiting_note(step),

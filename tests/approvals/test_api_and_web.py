@@ -680,3 +680,19 @@ def test_a_gate_cancelled_with_its_run_says_cancelled_once_on_the_execution_page
 
     assert "<td>cancelled" in approvals
     assert "cancelled (cancelled)" not in approvals
+
+
+def test_a_waiting_gate_shows_as_waiting_without_a_worker_not_as_running(
+    operator, open_gate, client
+):
+    approval = open_gate(["operator"])
+    gate = approval.execution.steps.get(node_id="gate")
+    assert gate.status == StepStatus.RUNNING  # in the engine's terms: it has not finished
+    client.force_login(operator)
+
+    page = client.get(approval.execution.get_absolute_url()).content.decode()
+    row = page[page.index(f'id="step-{gate.pk}"') :]
+    row = row[: row.index("</tr>")]
+
+    assert ">waiting</span>" in row and "no worker held" in row
+    assert "opsflow-running" not in row and gate.worker not in row
