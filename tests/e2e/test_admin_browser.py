@@ -320,7 +320,10 @@ def test_the_portal_shell_works_under_the_csp_dark_mode_sidebar_and_filters(live
     page.click("button[title='Toggle navigation'] >> visible=true")
     page.wait_for_selector("#nav-sidebar", state="visible")
 
-    page.click("text=Filters")
+    filters = page.get_by_role("button", name="Filters")
+    assert filters.get_attribute("tabindex") == "0"  # reachable from the keyboard (opsflow.js)
+    filters.focus()
+    page.keyboard.press("Enter")
     page.wait_for_selector("text=By status", state="visible")
     page.click("text=Failed")
     page.wait_for_url("**status__exact=failed**")

@@ -70,3 +70,27 @@ document.addEventListener("htmx:afterSwap", function () {
   });
   openPanels = [];
 });
+
+// Keyboard: unfold opens some things from elements that take no focus (the filter sheet's
+// link without href, the user menu, the sidebar's group titles). Each gets a tab stop and the
+// role of a button, and Enter or Space clicks it.
+function focusableClickTargets(root) {
+  root.querySelectorAll("[x-on\\:click]").forEach(function (el) {
+    var native = el.matches("a[href], button, input, select, textarea, summary");
+    if (native || el.hasAttribute("tabindex")) return;
+    el.setAttribute("tabindex", "0");
+    if (!el.hasAttribute("role")) el.setAttribute("role", "button");
+  });
+}
+document.addEventListener("DOMContentLoaded", function () { focusableClickTargets(document); });
+document.addEventListener("htmx:afterSettle", function (event) {
+  focusableClickTargets(event.detail.elt || document);
+});
+document.addEventListener("keydown", function (event) {
+  if (event.key !== "Enter" && event.key !== " ") return;
+  var el = event.target;
+  if (!el || el.getAttribute("role") !== "button" || !el.hasAttribute("x-on:click")) return;
+  if (el.matches("a[href], button, input, select, textarea, summary")) return;
+  event.preventDefault();
+  el.click();
+});
