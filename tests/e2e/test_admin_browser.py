@@ -330,3 +330,39 @@ def test_the_portal_shell_works_under_the_csp_dark_mode_sidebar_and_filters(live
     page.click("#nav-sidebar-inner >> text=unfold_more")
     page.click("#nav-sidebar-inner a:has(span:text-is('Light'))")
     page.wait_for_function("!document.documentElement.classList.contains('dark')")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_live_executions_list_keeps_its_row_selection_working_after_a_refresh(
+    live_server, page
+):
+    """The list swaps its rows in place while a run is going: afterwards a row still selects
+    (unfold's actions.js bound to the new rows) and nothing is refused (htmx settles no style
+    attribute under the CSP; the fixture fails on any refusal)."""
+    from apps.executions.services import trigger_workflow
+    from tests.factories import chain_definition, make_workflow
+
+    org = Organization.objects.create(slug="demo", name="Demo")
+    user = get_user_model().objects.create_user("ops", password="ops-password", is_staff=True)
+    Membership.objects.create(organization=org, user=user, role=Role.OPERATOR)
+    trigger_workflow(make_workflow(org, chain_definition("waiting", 2)))  # pending: no worker
+    page.goto(f"{live_server.url}/login/?next=/executions/execution/")
+    page.fill("#id_username", "ops")
+    page.fill("#id_password", "ops-password")
+    page.click("#login-form button[type=submit]")
+    page.wait_for_selector("#opsflow-results[data-live]")
+    page.locator("#result_list input.action-select").first.check()
+    page.wait_for_selector("#changelist-actions", state="visible")  # sized by Alpine, then
+    page.locator("#result_list input.action-select").first.uncheck()
+
+    # The refresh its hx-trigger makes every 15 s, made now.
+    page.evaluate(
+        """() => new Promise(done => {
+            document.addEventListener("htmx:afterSettle", () => setTimeout(done, 50), {once: true});
+            htmx.ajax("GET", location.href,
+                      {target: "#opsflow-results", select: "#opsflow-results", swap: "outerHTML"});
+        })"""
+    )
+    page.locator("#result_list input.action-select").first.check()
+
+    assert page.inner_text(".action-counter").startswith("1 of 1 selected")

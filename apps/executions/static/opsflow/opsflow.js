@@ -25,7 +25,8 @@ document.addEventListener("htmx:afterSettle", function (event) {
   var list = document.getElementById("opsflow-results");
   if (!list || !list.contains(event.detail.elt) && event.detail.elt !== list) return;
   var boxes = list.querySelectorAll("tr input.action-select");
-  if (boxes.length && window.Actions) window.Actions(boxes);
+  var wrapper = list.closest(".result-list-wrapper");  // unfold's actions.js scopes to it
+  if (boxes.length && wrapper && window.Actions) window.Actions(boxes, { parent: wrapper });
 });
 
 // A Copy button (data-copy="<id>") puts the text of that element on the clipboard.
