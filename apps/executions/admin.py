@@ -676,6 +676,7 @@ class IncompleteExecutionAdmin(VolumeListMixin, OrganizationScopedAdmin, ModelAd
                 errors.append(str(exc))
             except services.WrongState as exc:
                 errors.append(str(exc))
+        steps = list(record.execution.steps.order_by("created_at", "id"))
         context = {
             **self.admin_site.each_context(request),
             "title": f"Incomplete execution #{record.pk}",
@@ -689,12 +690,8 @@ class IncompleteExecutionAdmin(VolumeListMixin, OrganizationScopedAdmin, ModelAd
             "input_text": input_text,
             "errors": errors,
             "has_current": record.workflow.current_version_id != record.execution.version_id,
-            **_failed_attempt(record),
-            "graph": _execution_graph(
-                record.execution,
-                list(record.execution.steps.order_by("created_at", "id")),
-                highlight=record.node_id,
-            ),
+            **_failed_attempt(record, steps),
+            "graph": _execution_graph(record.execution, steps, highlight=record.node_id),
             **_retries_of(record),
         }
         return TemplateResponse(
@@ -702,14 +699,11 @@ class IncompleteExecutionAdmin(VolumeListMixin, OrganizationScopedAdmin, ModelAd
         )
 
 
-def _failed_attempt(record: IncompleteExecution) -> dict:
+def _failed_attempt(record: IncompleteExecution, steps: list[Step]) -> dict:
     """The attempt that stored the record, and the end of what it wrote to stderr: why it
-    failed, next to the input the operator is about to edit."""
-    step = (
-        record.execution.steps.filter(node_id=record.node_id, status__in=STEP_FAILED)
-        .order_by("-attempt")
-        .first()
-    )
+    failed, next to the input the operator is about to edit. `steps`: the run's steps."""
+    failed = [s for s in steps if s.node_id == record.node_id and s.status in STEP_FAILED]
+    step = max(failed, key=lambda s: s.attempt, default=None)
     stderr = str(((step.output or {}) if step else {}).get("stderr") or "")
     return {"failed_step": step, "failed_stderr": "\n".join(stderr.splitlines()[-20:])}
 
