@@ -6,6 +6,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 from apps.accounts.api.errors import UnknownEndpoint
 from apps.accounts.api.views import TokenView
 from apps.accounts.permissions import rq_dashboard
+from apps.analytics.metrics import metrics_view
 from apps.executions.views import healthz, readyz
 from apps.workflows.webhooks import receive
 
@@ -33,6 +34,7 @@ rq_urls = [
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
+    path("metrics", metrics_view, name="metrics"),
     path("api/v1/", include(api_v1)),
     path("approvals/", include("apps.approvals.urls")),
     path("hooks/<str:key>/", receive, name="webhook"),

@@ -262,6 +262,9 @@ OPSFLOW_SSE_POLL_SECONDS = env_int("OPSFLOW_SSE_POLL_MS", 500, minimum=50) / 100
 OPSFLOW_SSE_HEARTBEAT_SECONDS = env_int("OPSFLOW_SSE_HEARTBEAT_SECONDS", 15, minimum=1)
 OPSFLOW_SSE_MAX_SECONDS = env_int("OPSFLOW_SSE_MAX_SECONDS", 3600, minimum=1)
 OPSFLOW_SSE_RETRY_MS = env_int("OPSFLOW_SSE_RETRY_MS", 2000, minimum=100)
+# Prometheus metrics at /metrics: the bearer token scrapers send (Authorization: Bearer ...).
+# Empty refuses every request, unless DEBUG is on (then the page is open, for development).
+OPSFLOW_METRICS_TOKEN = env_str("OPSFLOW_METRICS_TOKEN", "")
 # The scheduler leader renews its lock every second; a standby takes over this long after it dies.
 OPSFLOW_SCHEDULER_LEADER_TTL = env_int("OPSFLOW_SCHEDULER_LEADER_TTL", 15, minimum=2)
 # A dispatched step that no RQ job will run (Redis lost the job, a dead worker took it) is
