@@ -19,7 +19,7 @@ class MembershipInline(TabularInline):
 
 @admin.register(Organization)
 class OrganizationAdmin(MissingIs404, ModelAdmin):
-    list_display = ["name", "slug", "created_at"]
+    list_display = ["name", "slug", "time_zone", "created_at"]
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}
     inlines = [MembershipInline]

@@ -4,6 +4,7 @@ from django.conf import settings
 from django.db import models
 
 from apps.accounts.choices import ROLE_RANK, Role
+from apps.accounts.timezones import validate_time_zone
 
 
 class Organization(models.Model):
@@ -15,6 +16,12 @@ class Organization(models.Model):
         null=True,
         blank=True,
         help_text="Days to keep finished executions; empty uses OPSFLOW_RETENTION_DAYS; 0 keeps them forever.",
+    )
+    time_zone = models.CharField(
+        max_length=64,
+        default="UTC",
+        validators=[validate_time_zone],
+        help_text="An IANA time zone (Europe/Paris): analytics count days in it.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -23,6 +23,14 @@ def zone_named(name: str | None) -> zoneinfo.ZoneInfo | None:
     return zoneinfo.ZoneInfo(name)
 
 
+def validate_time_zone(name: str) -> None:
+    """A model field's validator: an IANA zone name, or a clear error."""
+    from django.core.exceptions import ValidationError
+
+    if zone_named(name) is None:
+        raise ValidationError(f"{name!r} is not an IANA time zone (for example Europe/Paris).")
+
+
 class TimezoneMiddleware:
     def __init__(self, get_response):
         self.get_response = get_response

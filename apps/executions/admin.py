@@ -754,9 +754,9 @@ class AgentAdmin(MissingIs404, ReadOnlyAdmin, ModelAdmin):
     def changelist_view(self, request, extra_context=None):
         """Above the agents: each queue's waiting steps and live agents, and a warning for a
         queue whose steps no live agent will take."""
-        from apps.executions import dashboard
+        from apps.analytics import escalation
 
-        queues = dashboard.queues(organization_ids_for(request.user))
+        queues = escalation.queues(organization_ids_for(request.user))
         return super().changelist_view(request, {"queues": queues, **(extra_context or {})})
 
     def has_module_permission(self, request):

@@ -17,24 +17,18 @@ Every figure is one bounded query that an index serves (checked at a million exe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from urllib.parse import urlencode
 
 from django.conf import settings
-from django.db.models import Count
 from django.urls import reverse
 from django.utils import timezone
 
 from apps.accounts.permissions import organization_ids_for
-from apps.executions.choices import INCOMPLETE_OPEN, AgentState, ExecutionStatus, StepStatus
-from apps.executions.cron import overdue, overdue_grace
-from apps.executions.models import Agent, Execution, IncompleteExecution, Step
-from apps.executions.nodes.base import waiting_types
+from apps.analytics import escalation
+from apps.executions.choices import INCOMPLETE_OPEN, AgentState, ExecutionStatus
+from apps.executions.models import Agent, Execution, IncompleteExecution
 
-SPIKE_FACTOR = 3.0  # failures in the last hour against the hourly average before
-SPIKE_MINIMUM = 3  # fewer failures than this in an hour are never a spike
-SPIKE_WORKFLOWS = 2  # … and they must come from at least this many workflows
-OVERDUE_LOOKBACK = timedelta(minutes=15)
 LAST_FAILURES = 5
 
 
@@ -153,68 +147,36 @@ def build(user, now: datetime | None = None) -> Dashboard:
 
 
 def _overdue_figure(runs, now: datetime) -> Figure:
-    """Overdue now, and how many were overdue 15 minutes ago: those scheduled before that
-    moment's cutoff that were still waiting then (still scheduled, or started or ended
-    since)."""
-    count = overdue(runs, now).count()
-    then = now - OVERDUE_LOOKBACK
-    late_then = runs.filter(scheduled_for__lt=then - overdue_grace(), created_at__lte=then)
-    waiting = late_then.filter(status=ExecutionStatus.SCHEDULED).count()
-    # (started_at is indexed; a run that never started and ended since was skipped)
-    moved_on = (
-        late_then.filter(started_at__gt=then).count()
-        + late_then.filter(
-            status__in=[ExecutionStatus.CANCELLED, ExecutionStatus.FAILED],
-            started_at__isnull=True,
-            finished_at__gt=then,
-            created_at__gte=now - timedelta(days=2),
-        ).count()
-    )
-    before = waiting + moved_on
-    trend = "" if count == before else (" ↑" if count > before else " ↓")
+    trend = escalation.overdue_trend(runs, now)
+    arrow = "" if trend.now == trend.before else (" ↑" if trend.flagged else " ↓")
     return Figure(
         "Overdue",
-        count,
+        trend.now,
         _changelist("executions_execution", overdue="true"),
-        note=f"{before} fifteen minutes ago{trend}",
-        alarm=count > before,
+        note=f"{trend.before} fifteen minutes ago{arrow}",
+        alarm=trend.flagged,
     )
 
 
 def _failed_figure(runs, now: datetime) -> Figure:
-    """Failures in the last hour against the hourly average of the 24 before. Runs that
-    failed in the last 25 hours are read through (status, created_at): a run created more
-    than two days before its failure is left out of the comparison."""
-    hour = now - timedelta(hours=1)
-    window = now - timedelta(hours=25)
-    failed = runs.filter(
-        status=ExecutionStatus.FAILED,
-        created_at__gte=now - timedelta(hours=49),
-        finished_at__gte=window,
+    spike = escalation.failure_spike(runs, now)
+    note = f"hourly average before: {spike.hourly_average:.1f}" + (
+        " · a spike" if spike.flagged else ""
     )
-    last_hour = failed.filter(finished_at__gte=hour)
-    count = last_hour.count()
-    before = failed.filter(finished_at__lt=hour).count()
-    average = before / 24
-    workflows = last_hour.values("workflow_id").distinct().count() if count else 0
-    spike = (
-        count >= SPIKE_MINIMUM and count >= SPIKE_FACTOR * average and workflows >= SPIKE_WORKFLOWS
-    )
-    note = f"hourly average before: {average:.1f}" + (" · a spike" if spike else "")
     url = _changelist(
         "executions_execution",
         status__exact="failed",
-        created_at__gte=(now - timedelta(hours=49)).isoformat(timespec="seconds"),
-        finished_at__gte=hour.isoformat(timespec="seconds"),
+        created_at__gte=spike.created_after.isoformat(timespec="seconds"),
+        finished_at__gte=spike.since.isoformat(timespec="seconds"),
     )
     return Figure(
         "Failed in the last hour",
-        count,
+        spike.last_hour,
         url,
         note=note,
-        alarm=spike,
-        spread=workflows,
-        average=average,
+        alarm=spike.flagged,
+        spread=spike.workflows,
+        average=spike.hourly_average,
     )
 
 
@@ -227,37 +189,6 @@ def _storage(org_ids: list[int]) -> list[Storage]:
     return [Storage(names[pk], used.get(pk) or 0, limit) for pk in sorted(names, key=names.get)]
 
 
-@dataclass
-class Queue:
-    name: str
-    waiting: int  # steps dispatched to it and not taken yet (the user's organizations)
-    agents: int  # live agents listening to it
-
-    @property
-    def offline(self) -> bool:
-        return self.waiting > 0 and self.agents == 0
-
-
-def queues(org_ids: list[int], now: datetime | None = None) -> list[Queue]:
-    """Every queue with waiting steps or a live agent, by name."""
-    now = now or timezone.now()
-    waiting = dict(
-        Step.objects.filter(status=StepStatus.DISPATCHED, execution__organization_id__in=org_ids)
-        .exclude(node_type__in=waiting_types())
-        .values_list("queue")
-        .annotate(n=Count("id"))
-        .values_list("queue", "n")
-    )
-    listening: dict[str, int] = {}
-    for names in Agent.objects.in_state(AgentState.RUNNING, now).values_list("queues", flat=True):
-        for name in names or []:
-            listening[name] = listening.get(name, 0) + 1
-    return [
-        Queue(name, waiting.get(name, 0), listening.get(name, 0))
-        for name in sorted(set(waiting) | set(listening))
-    ]
-
-
 def _offline_queues(org_ids: list[int], now: datetime) -> list[tuple[str, int]]:
     """Queues with steps waiting (dispatched, not yet taken) and no live agent listening."""
-    return [(q.name, q.waiting) for q in queues(org_ids, now) if q.offline]
+    return [(q.name, q.waiting) for q in escalation.offline_queues(org_ids, now)]

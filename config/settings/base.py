@@ -262,6 +262,16 @@ OPSFLOW_SSE_POLL_SECONDS = env_int("OPSFLOW_SSE_POLL_MS", 500, minimum=50) / 100
 OPSFLOW_SSE_HEARTBEAT_SECONDS = env_int("OPSFLOW_SSE_HEARTBEAT_SECONDS", 15, minimum=1)
 OPSFLOW_SSE_MAX_SECONDS = env_int("OPSFLOW_SSE_MAX_SECONDS", 3600, minimum=1)
 OPSFLOW_SSE_RETRY_MS = env_int("OPSFLOW_SSE_RETRY_MS", 2000, minimum=100)
+# Escalation signals (the dashboard, GET /api/v1/analytics/health/): failures in the last hour
+# are a spike at OPSFLOW_SPIKE_FACTOR times the hourly average of the 24 hours before, when
+# there are at least OPSFLOW_SPIKE_MINIMUM of them from at least OPSFLOW_SPIKE_WORKFLOWS workflows.
+OPSFLOW_SPIKE_FACTOR = env_int("OPSFLOW_SPIKE_FACTOR", 3, minimum=1)
+OPSFLOW_SPIKE_MINIMUM = env_int("OPSFLOW_SPIKE_MINIMUM", 5, minimum=1)
+OPSFLOW_SPIKE_WORKFLOWS = env_int("OPSFLOW_SPIKE_WORKFLOWS", 2, minimum=1)
+# Analytics exports: more rows than this are refused as a direct download (narrow the range).
+OPSFLOW_EXPORT_SYNC_MAX_ROWS = env_int("OPSFLOW_EXPORT_SYNC_MAX_ROWS", 100_000, minimum=1)
+# The longest range an analytics summary or export covers, in days.
+OPSFLOW_ANALYTICS_MAX_DAYS = env_int("OPSFLOW_ANALYTICS_MAX_DAYS", 400, minimum=1)
 # Prometheus metrics at /metrics: the bearer token scrapers send (Authorization: Bearer ...).
 # Empty refuses every request, unless DEBUG is on (then the page is open, for development).
 OPSFLOW_METRICS_TOKEN = env_str("OPSFLOW_METRICS_TOKEN", "")

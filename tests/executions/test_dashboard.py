@@ -69,7 +69,7 @@ def test_paused_says_how_many_gates_wait_on_the_user(first, operator, viewer):
 def test_failures_across_workflows_well_above_the_average_are_a_spike(first, second, operator):
     now = timezone.now()
     recent = {"finished_at": now - timedelta(minutes=5)}
-    runs(first, 2, ExecutionStatus.FAILED, error_message="first broke", **recent)
+    runs(first, 3, ExecutionStatus.FAILED, error_message="first broke", **recent)
     runs(second, 2, ExecutionStatus.FAILED, error_message="second broke", **recent)
     # one failure in the 24 hours before: an average of 1/24 an hour
     earlier = now - timedelta(hours=5)
@@ -78,10 +78,22 @@ def test_failures_across_workflows_well_above_the_average_are_a_spike(first, sec
     board = dashboard.build(operator)
 
     failed = figure(board, "Failed in the last hour")
-    assert failed.value == 4 and failed.alarm
+    assert failed.value == 5 and failed.alarm
     assert "across 2 workflows" in board.spike and "Escalate" in board.spike
     assert board.spike_url == failed.url
     assert [r.error_message for r in board.failures][:2] == ["second broke", "second broke"]
+
+
+def test_fewer_failures_than_the_minimum_are_not_a_spike_unless_the_setting_says_so(
+    first, second, operator, settings
+):
+    recent = {"finished_at": timezone.now() - timedelta(minutes=5)}
+    runs(first, 2, ExecutionStatus.FAILED, **recent)
+    runs(second, 2, ExecutionStatus.FAILED, **recent)  # 4: under OPSFLOW_SPIKE_MINIMUM (5)
+
+    assert dashboard.build(operator).spike == ""
+    settings.OPSFLOW_SPIKE_MINIMUM = 4
+    assert "4 in the last hour across 2 workflows" in dashboard.build(operator).spike
 
 
 def test_many_failures_of_one_workflow_are_not_a_platform_spike(first, operator):
@@ -179,7 +191,7 @@ def browser(operator) -> Client:
 
 
 def test_the_index_is_the_dashboard_and_each_figure_opens_its_list(first, second, browser):
-    runs(first, 2, ExecutionStatus.FAILED, finished_at=timezone.now(), error_message="boom")
+    runs(first, 3, ExecutionStatus.FAILED, finished_at=timezone.now(), error_message="boom")
     runs(second, 2, ExecutionStatus.FAILED, finished_at=timezone.now(), error_message="bang")
 
     page = browser.get("/")
@@ -194,7 +206,7 @@ def test_the_index_is_the_dashboard_and_each_figure_opens_its_list(first, second
         assert "?e=1" not in listed.get("Location", ""), card.url
     failed = figure(page.context["dashboard"], "Failed in the last hour")
     listed = browser.get(failed.url)
-    assert listed.context["cl"].result_count == 4
+    assert listed.context["cl"].result_count == 5
 
 
 def test_the_htmx_refresh_gets_the_board_alone(first, browser):
