@@ -1,0 +1,331 @@
+"""Analytics over executions (issue 13): the summary behind the analytics page and
+`GET /api/v1/analytics/summary/`, and the rows the exports write.
+
+Definitions (the README's "Analytics" section says the same):
+- an execution counts in a range by `created_at` (`from` inclusive, `to` exclusive);
+- ended = completed, failed, incomplete, cancelled;
+- success rate = completed ÷ (completed + failed + incomplete), in percent with one decimal;
+  cancelled runs count in the total, not in the rate; null when nothing is rated;
+- duration = finished_at − started_at of ended runs that started: average, p50, p95 (linear
+  interpolation between the two nearest ranks, PostgreSQL's percentile_cont);
+- active workflows = those with is_active and a published version, now;
+- days are bucketed in the organization's time zone (`Organization.time_zone`); across several
+  organizations of different zones, in UTC.
+"""
+
+from __future__ import annotations
+
+import math
+import zoneinfo
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
+from django.db import connection
+from django.db.models import (
+    Aggregate,
+    Avg,
+    Count,
+    DurationField,
+    ExpressionWrapper,
+    F,
+    FloatField,
+    Func,
+    Q,
+    QuerySet,
+    Sum,
+    Value,
+)
+from django.db.models.functions import Coalesce, TruncDate
+from django.utils import timezone
+from django.utils.dateparse import parse_date, parse_datetime
+
+from apps.accounts.models import Organization
+from apps.accounts.permissions import organization_ids_for
+from apps.executions.choices import ExecutionStatus
+from apps.executions.models import Execution, Step
+from apps.workflows.models import Workflow
+
+ENDED = (
+    ExecutionStatus.COMPLETED,
+    ExecutionStatus.FAILED,
+    ExecutionStatus.INCOMPLETE,
+    ExecutionStatus.CANCELLED,
+)
+RATED = (ExecutionStatus.COMPLETED, ExecutionStatus.FAILED, ExecutionStatus.INCOMPLETE)
+DEFAULT_DAYS = 7
+TOP_WORKFLOWS = 10
+UTC = zoneinfo.ZoneInfo("UTC")
+
+
+class BadRange(ValueError):
+    """A range or filter the user asked for that cannot be served; the message says why."""
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a summary or an export covers: the runs created in [start, end) of these
+    organizations (and of one workflow), with days counted in `zone`."""
+
+    org_ids: tuple[int, ...]
+    start: datetime
+    end: datetime
+    zone: zoneinfo.ZoneInfo
+    workflow: Workflow | None = None
+    organization: Organization | None = None
+
+    def executions(self) -> QuerySet[Execution]:
+        runs = Execution.objects.filter(
+            organization_id__in=self.org_ids, created_at__gte=self.start, created_at__lt=self.end
+        )
+        if self.workflow is not None:
+            runs = runs.filter(workflow=self.workflow)
+        return runs
+
+
+def scope_for(user, params) -> Scope:
+    """Read `from`, `to`, `workflow` and `organization` from query parameters, within the user's
+    organizations. A date is a whole day in the zone (`to` included); a datetime is an instant.
+    Defaults: the last 7 days up to now, every organization of the user."""
+    org_ids = organization_ids_for(user)
+    organization = None
+    org_slug = (params.get("organization") or "").strip()
+    if org_slug:
+        organization = Organization.objects.filter(pk__in=org_ids, slug=org_slug).first()
+        if organization is None:
+            raise BadRange(f"organization: no organization {org_slug!r} of yours.")
+        org_ids = [organization.pk]
+    zone = _zone_of(organization, org_ids)
+    workflow = None
+    slug = (params.get("workflow") or "").strip()
+    if slug:
+        matches = list(Workflow.objects.filter(organization_id__in=org_ids, slug=slug)[:2])
+        if not matches:
+            raise BadRange(f"workflow: no workflow {slug!r} in your organizations.")
+        if len(matches) > 1:
+            raise BadRange(
+                f"workflow: {slug!r} exists in several of your organizations; "
+                "add organization=<slug>."
+            )
+        workflow = matches[0]
+    now = timezone.now()
+    end = _instant(params.get("to"), zone, "to", end_of_day=True) or now
+    start = _instant(params.get("from"), zone, "from", end_of_day=False) or (
+        end - timedelta(days=DEFAULT_DAYS)
+    )
+    if start >= end:
+        raise BadRange("from: must be before to.")
+    if end - start > timedelta(days=settings.OPSFLOW_ANALYTICS_MAX_DAYS):
+        raise BadRange(
+            f"The range is longer than {settings.OPSFLOW_ANALYTICS_MAX_DAYS} days "
+            "(OPSFLOW_ANALYTICS_MAX_DAYS): narrow it."
+        )
+    return Scope(tuple(org_ids), start, end, zone, workflow, organization)
+
+
+def _zone_of(organization: Organization | None, org_ids: list[int]) -> zoneinfo.ZoneInfo:
+    from apps.accounts.timezones import zone_named
+
+    if organization is not None:
+        return zone_named(organization.time_zone) or UTC
+    names = set(Organization.objects.filter(pk__in=org_ids).values_list("time_zone", flat=True))
+    return (zone_named(names.pop()) or UTC) if len(names) == 1 else UTC
+
+
+def _instant(value: str | None, zone, name: str, *, end_of_day: bool) -> datetime | None:
+    value = (value or "").strip()
+    if not value:
+        return None
+    if len(value) > 40:
+        raise BadRange(f"{name}: not a date (YYYY-MM-DD) or a date and time (ISO 8601).")
+    try:
+        day = parse_date(value)
+        moment = None if day else parse_datetime(value)
+    except ValueError:
+        day = moment = None
+    if day is not None:
+        if end_of_day:
+            day += timedelta(days=1)  # a date in `to` includes that whole day
+        return datetime.combine(day, time.min, tzinfo=zone)
+    if moment is None:
+        raise BadRange(f"{name}: not a date (YYYY-MM-DD) or a date and time (ISO 8601).")
+    return moment if timezone.is_aware(moment) else moment.replace(tzinfo=zone)
+
+
+# --- the summary ---
+
+
+class _Percentiles(Aggregate):
+    """PostgreSQL's percentile_cont of the median and the 95th percentile at once."""
+
+    function = "percentile_cont"
+    template = "%(function)s(ARRAY[0.5, 0.95]) WITHIN GROUP (ORDER BY %(expressions)s)"
+    output_field = ArrayField(FloatField())
+
+
+def _seconds_taken():
+    """finished_at − started_at in seconds (PostgreSQL)."""
+    return Func(
+        F("finished_at"),
+        F("started_at"),
+        template="EXTRACT(EPOCH FROM (%(expressions)s))",
+        arg_joiner=" - ",
+        output_field=FloatField(),
+    )
+
+
+def summary(scope: Scope) -> dict[str, Any]:
+    runs = scope.executions()
+    by_status = {status: 0 for status in ExecutionStatus.values}
+    for status, n in runs.order_by().values_list("status").annotate(n=Count("id")):
+        by_status[status] = n
+    total = sum(by_status.values())
+    rated = sum(by_status[s] for s in RATED)
+    return {
+        "from": scope.start,
+        "to": scope.end,
+        "time_zone": str(scope.zone),
+        "total": total,
+        "by_status": by_status,
+        "success_rate": _rate(by_status[ExecutionStatus.COMPLETED], rated),
+        **_durations(runs),
+        "active_workflows": _active_workflows(scope),
+        "daily": _daily(scope, runs),
+        "top_workflows": _top_workflows(runs),
+        "agent_utilization": _agent_utilization(scope),
+    }
+
+
+def _rate(completed: int, rated: int) -> float | None:
+    return round(100 * completed / rated, 1) if rated else None
+
+
+def _durations(runs: QuerySet[Execution]) -> dict[str, int | None]:
+    ended = runs.filter(
+        status__in=ENDED, started_at__isnull=False, finished_at__isnull=False
+    ).order_by()
+    taken = ExpressionWrapper(F("finished_at") - F("started_at"), output_field=DurationField())
+    average = ended.aggregate(avg=Avg(taken))["avg"]
+    if connection.vendor == "postgresql":
+        p50, p95 = ended.aggregate(p=_Percentiles(_seconds_taken()))["p"] or (None, None)
+        p50, p95 = (None if v is None else v * 1000 for v in (p50, p95))
+    else:  # the embedded default: its history is small enough to sort here
+        values = sorted(
+            (f - s).total_seconds() * 1000
+            for s, f in ended.values_list("started_at", "finished_at")
+        )
+        p50, p95 = percentile(values, 0.5), percentile(values, 0.95)
+    return {
+        "avg_duration_ms": _ms(average.total_seconds() * 1000 if average is not None else None),
+        "p50_duration_ms": _ms(p50),
+        "p95_duration_ms": _ms(p95),
+    }
+
+
+def _ms(value: float | None) -> int | None:
+    return None if value is None else int(round(value))
+
+
+def percentile(ordered: list[float], fraction: float) -> float | None:
+    """Linear interpolation between the two nearest ranks (percentile_cont); None if empty."""
+    if not ordered:
+        return None
+    position = fraction * (len(ordered) - 1)
+    low, high = math.floor(position), math.ceil(position)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def _active_workflows(scope: Scope) -> int:
+    workflows = Workflow.objects.filter(
+        organization_id__in=scope.org_ids, is_active=True, current_version__isnull=False
+    )
+    if scope.workflow is not None:
+        workflows = workflows.filter(pk=scope.workflow.pk)
+    return workflows.count()
+
+
+def _daily(scope: Scope, runs: QuerySet[Execution]) -> list[dict[str, Any]]:
+    counts: dict[date, dict[str, int]] = {}
+    rows = (
+        runs.filter(status__in=ENDED)
+        .order_by()
+        .annotate(day=TruncDate("created_at", tzinfo=scope.zone))
+        .values_list("day", "status")
+        .annotate(n=Count("id"))
+    )
+    for day, status, n in rows:
+        counts.setdefault(day, {})[status] = n
+    first = scope.start.astimezone(scope.zone).date()
+    last = (scope.end - timedelta(microseconds=1)).astimezone(scope.zone).date()
+    days = []
+    day = first
+    while day <= last:
+        seen = counts.get(day, {})
+        days.append({"date": day, **{status: seen.get(status, 0) for status in ENDED}})
+        day += timedelta(days=1)
+    return days
+
+
+def _top_workflows(runs: QuerySet[Execution]) -> list[dict[str, Any]]:
+    rows = list(
+        runs.order_by()
+        .values("workflow_id")
+        .annotate(
+            n=Count("id"),
+            completed=Count("id", filter=Q(status=ExecutionStatus.COMPLETED)),
+            rated=Count("id", filter=Q(status__in=RATED)),
+        )
+        .order_by("-n", "workflow_id")[:TOP_WORKFLOWS]
+    )
+    names = {
+        pk: (slug, name)
+        for pk, slug, name in Workflow.objects.filter(
+            pk__in=[r["workflow_id"] for r in rows]
+        ).values_list("pk", "slug", "name")
+    }
+    return [
+        {
+            "slug": names[r["workflow_id"]][0],
+            "name": names[r["workflow_id"]][1],
+            "executions": r["n"],
+            "success_rate": _rate(r["completed"], r["rated"]),
+        }
+        for r in rows
+    ]
+
+
+def _agent_utilization(scope: Scope) -> dict[str, list[dict[str, Any]]]:
+    """Steps that ran (had a worker) in the range's executions, by agent and by queue: how
+    many, their busy time (the sum of their durations), and their share of all of them."""
+    steps = Step.objects.filter(
+        execution__organization_id__in=scope.org_ids,
+        execution__created_at__gte=scope.start,
+        execution__created_at__lt=scope.end,
+        started_at__isnull=False,
+    ).exclude(worker="")
+    if scope.workflow is not None:
+        steps = steps.filter(execution__workflow=scope.workflow)
+    # a step still running counts until now
+    busy = ExpressionWrapper(
+        Coalesce(F("finished_at"), Value(timezone.now())) - F("started_at"),
+        output_field=DurationField(),
+    )
+
+    def grouped(key: str) -> list[dict[str, Any]]:
+        rows = list(
+            steps.order_by().values(key).annotate(n=Count("id"), busy=Sum(busy)).order_by("-n", key)
+        )
+        everything = sum(r["n"] for r in rows)
+        return [
+            {
+                key: r[key],
+                "steps": r["n"],
+                "busy_ms": int(r["busy"].total_seconds() * 1000) if r["busy"] else 0,
+                "share": round(100 * r["n"] / everything, 1) if everything else 0.0,
+            }
+            for r in rows
+        ]
+
+    return {"agents": grouped("worker"), "queues": grouped("queue")}

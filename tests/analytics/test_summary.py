@@ -1,0 +1,196 @@
+"""The analytics summary (issue 13 item 1) against a fixture computed by hand: every status,
+runs that never started, a day boundary that only the organization's time zone puts on the
+right side, another organization's runs that must never count, and p95 on a known
+distribution."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+
+from apps.accounts.choices import Role
+from apps.analytics import services
+from apps.executions.choices import ExecutionStatus as S
+from apps.executions.models import Execution, Step
+from apps.executions.services import trigger_workflow
+from tests.factories import chain_definition, make_org, make_user, make_workflow
+
+pytestmark = pytest.mark.django_db
+
+
+def at(day: int, hour: int, minute: int = 0) -> datetime:
+    return datetime(2026, 1, day, hour, minute, tzinfo=UTC)
+
+
+def run(workflow, status, created, seconds=None, started=True) -> Execution:
+    """One execution with exactly these times (test data: the engine is not the subject)."""
+    execution = trigger_workflow(workflow)
+    started_at = created + timedelta(seconds=1) if started else None
+    finished_at = None
+    if seconds is not None:
+        finished_at = (started_at or created) + timedelta(seconds=seconds)
+    Execution.objects.filter(pk=execution.pk).update(
+        status=status, created_at=created, started_at=started_at, finished_at=finished_at
+    )
+    execution.refresh_from_db()
+    return execution
+
+
+@pytest.fixture
+def paris(db):
+    org = make_org("paris")
+    org.time_zone = "Europe/Paris"  # UTC+1 in January
+    org.save()
+    return org
+
+
+@pytest.fixture
+def history(paris):
+    alpha = make_workflow(paris, chain_definition("alpha", 1))
+    beta = make_workflow(paris, chain_definition("beta", 1))
+    gamma = make_workflow(paris, chain_definition("gamma", 1))
+    gamma.is_active = False
+    gamma.save()
+    made = {
+        # 00:30 in Paris on the 10th, still the 9th in UTC: the day boundary
+        "first": run(alpha, S.COMPLETED, at(9, 23, 30), 10),
+        "second": run(alpha, S.COMPLETED, at(10, 12), 20),
+        "failed": run(alpha, S.FAILED, at(10, 13), 30),
+        "incomplete": run(alpha, S.INCOMPLETE, at(11, 9), 40),
+        "cancelled": run(alpha, S.CANCELLED, at(11, 10), 0, started=False),  # never started
+        "running": run(alpha, S.RUNNING, at(11, 11)),
+        "late": run(beta, S.COMPLETED, at(11, 22, 30), 100),  # 23:30 in Paris, the 11th
+        "scheduled": run(beta, S.SCHEDULED, at(10, 8), started=False),
+        # out of the range: 23:00 in Paris on the 9th, and 00:30 on the 12th
+        "before": run(alpha, S.COMPLETED, at(9, 22), 5),
+        "after": run(beta, S.FAILED, at(11, 23, 30), 5),
+    }
+    elsewhere = make_workflow(make_org("elsewhere"), chain_definition("alpha", 1))
+    run(elsewhere, S.COMPLETED, at(10, 12), 1000)
+    return made
+
+
+@pytest.fixture
+def analyst(paris):
+    return make_user("analyst", paris, Role.VIEWER)
+
+
+def scope(user, **params):
+    return services.scope_for(user, {"from": "2026-01-10", "to": "2026-01-11", **params})
+
+
+def test_the_summary_matches_the_hand_computed_figures(history, analyst):
+    result = services.summary(scope(analyst))
+
+    assert result["from"] == at(9, 23) and result["to"] == at(11, 23)  # Paris days
+    assert result["total"] == 8
+    assert result["by_status"] == {
+        "scheduled": 1,
+        "pending": 0,
+        "running": 1,
+        "paused": 0,
+        "retrying": 0,
+        "interrupted": 0,
+        "incomplete": 1,
+        "completed": 3,
+        "failed": 1,
+        "cancelled": 1,
+    }
+    assert result["success_rate"] == 60.0  # 3 / (3 + 1 + 1); the cancelled one is not rated
+    # ended runs that started: 10, 20, 30, 40, 100 s
+    assert result["avg_duration_ms"] == 40_000
+    assert result["p50_duration_ms"] == 30_000
+    assert result["p95_duration_ms"] == 88_000  # 40 + (100 − 40) × 0.8, at rank 3.8
+    assert result["active_workflows"] == 2  # alpha, beta; gamma is inactive
+    assert result["daily"] == [
+        {"date": date(2026, 1, 10), "completed": 2, "failed": 1, "incomplete": 0, "cancelled": 0},
+        {"date": date(2026, 1, 11), "completed": 1, "failed": 0, "incomplete": 1, "cancelled": 1},
+    ]
+    assert result["top_workflows"] == [
+        {"slug": "alpha", "name": "Alpha", "executions": 6, "success_rate": 50.0},
+        {"slug": "beta", "name": "Beta", "executions": 2, "success_rate": 100.0},
+    ]
+
+
+def test_in_utc_the_first_run_falls_on_the_day_before(history, paris, analyst):
+    paris.time_zone = "UTC"
+    paris.save()
+
+    result = services.summary(scope(analyst))
+
+    assert result["from"] == at(10, 0)
+    assert [d["date"] for d in result["daily"]] == [date(2026, 1, 10), date(2026, 1, 11)]
+    assert result["total"] == 8 - 1 + 1  # the first run leaves, the one at 23:30 UTC enters
+
+
+def test_a_workflow_filter_narrows_every_figure(history, analyst):
+    result = services.summary(scope(analyst, workflow="beta"))
+
+    assert result["total"] == 2 and result["success_rate"] == 100.0
+    assert result["active_workflows"] == 1
+    assert [w["slug"] for w in result["top_workflows"]] == ["beta"]
+
+
+def test_agent_utilization_counts_the_steps_that_ran_by_agent_and_by_queue(history, analyst):
+    first, second = history["first"], history["second"]
+
+    def ran(started, ms):
+        return {"started_at": started, "finished_at": started + timedelta(milliseconds=ms)}
+
+    Step.objects.filter(execution=first).update(worker="host/a", **ran(at(9, 23, 31), 100))
+    Step.objects.filter(execution=second).update(
+        worker="host/b", queue="shell", **ran(at(10, 12, 1), 300)
+    )
+    Step.objects.create(
+        execution=history["failed"],
+        node_id="n0",
+        node_type="noop",
+        attempt=9,
+        worker="host/a",
+        **ran(at(10, 13, 1), 200),
+    )
+
+    usage = services.summary(scope(analyst))["agent_utilization"]
+
+    assert usage["agents"] == [
+        {"worker": "host/a", "steps": 2, "busy_ms": 300, "share": 66.7},
+        {"worker": "host/b", "steps": 1, "busy_ms": 300, "share": 33.3},
+    ]
+    assert usage["queues"] == [
+        {"queue": "default", "steps": 2, "busy_ms": 300, "share": 66.7},
+        {"queue": "shell", "steps": 1, "busy_ms": 300, "share": 33.3},
+    ]
+
+
+def test_p95_of_a_known_distribution():
+    values = [float(v) for v in range(1, 101)]  # 1 … 100
+
+    assert services.percentile(values, 0.95) == pytest.approx(95.05)
+    assert services.percentile(values, 0.5) == pytest.approx(50.5)
+    assert services.percentile([], 0.95) is None
+
+
+def test_another_organizations_runs_never_count(history):
+    outsider = make_user("outsider", make_org("far"), Role.ADMIN)
+
+    result = services.summary(scope(outsider))
+
+    assert result["total"] == 0 and result["success_rate"] is None
+    assert result["avg_duration_ms"] is None and result["p95_duration_ms"] is None
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"from": "2026-13-01"}, "from: not a date"),
+        ({"to": "yesterday"}, "to: not a date"),
+        ({"from": "2026-01-12", "to": "2026-01-10"}, "from: must be before to."),
+        ({"from": "2020-01-01", "to": "2026-01-10"}, "longer than 400 days"),
+        ({"workflow": "nope"}, "workflow: no workflow 'nope'"),
+        ({"organization": "elsewhere"}, "organization: no organization 'elsewhere' of yours."),
+    ],
+)
+def test_a_bad_range_or_filter_says_what_is_wrong(history, analyst, params, message):
+    with pytest.raises(services.BadRange, match=message):
+        services.scope_for(analyst, {"from": "2026-01-10", "to": "2026-01-11", **params})
