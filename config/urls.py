@@ -16,6 +16,7 @@ api_v1 = [
     path("", include("apps.approvals.api.urls")),
     path("", include("apps.credentials.api.urls")),
     path("", include("apps.accounts.api.urls")),
+    path("", include("apps.analytics.api.urls")),
     path("auth/token/", TokenView.as_view(), name="api-token"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     # Swagger UI from the sidecar, its setup script a file of its own (the CSP allows no inline

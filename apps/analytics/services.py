@@ -61,7 +61,11 @@ UTC = zoneinfo.ZoneInfo("UTC")
 
 
 class BadRange(ValueError):
-    """A range or filter the user asked for that cannot be served; the message says why."""
+    """A range or filter the user asked for that cannot be served: which parameter, and why."""
+
+    def __init__(self, param: str, message: str):
+        super().__init__(f"{param}: {message}")
+        self.param, self.message = param, message
 
 
 @dataclass(frozen=True)
@@ -88,14 +92,14 @@ class Scope:
 def scope_for(user, params) -> Scope:
     """Read `from`, `to`, `workflow` and `organization` from query parameters, within the user's
     organizations. A date is a whole day in the zone (`to` included); a datetime is an instant.
-    Defaults: the last 7 days up to now, every organization of the user."""
+    Defaults: the last 7 days (today included) up to now, every organization of the user."""
     org_ids = organization_ids_for(user)
     organization = None
     org_slug = (params.get("organization") or "").strip()
     if org_slug:
         organization = Organization.objects.filter(pk__in=org_ids, slug=org_slug).first()
         if organization is None:
-            raise BadRange(f"organization: no organization {org_slug!r} of yours.")
+            raise BadRange("organization", f"no organization {org_slug!r} of yours.")
         org_ids = [organization.pk]
     zone = _zone_of(organization, org_ids)
     workflow = None
@@ -103,24 +107,29 @@ def scope_for(user, params) -> Scope:
     if slug:
         matches = list(Workflow.objects.filter(organization_id__in=org_ids, slug=slug)[:2])
         if not matches:
-            raise BadRange(f"workflow: no workflow {slug!r} in your organizations.")
+            raise BadRange("workflow", f"no workflow {slug!r} in your organizations.")
         if len(matches) > 1:
             raise BadRange(
-                f"workflow: {slug!r} exists in several of your organizations; "
-                "add organization=<slug>."
+                "workflow",
+                f"{slug!r} exists in several of your organizations; add organization=<slug>.",
             )
         workflow = matches[0]
     now = timezone.now()
     end = _instant(params.get("to"), zone, "to", end_of_day=True) or now
-    start = _instant(params.get("from"), zone, "from", end_of_day=False) or (
-        end - timedelta(days=DEFAULT_DAYS)
+    # By default the last 7 days, today included, whole days in the zone.
+    start = _instant(params.get("from"), zone, "from", end_of_day=False) or datetime.combine(
+        (end - timedelta(microseconds=1)).astimezone(zone).date()
+        - timedelta(days=DEFAULT_DAYS - 1),
+        time.min,
+        tzinfo=zone,
     )
     if start >= end:
-        raise BadRange("from: must be before to.")
+        raise BadRange("from", "must be before to.")
     if end - start > timedelta(days=settings.OPSFLOW_ANALYTICS_MAX_DAYS):
         raise BadRange(
-            f"The range is longer than {settings.OPSFLOW_ANALYTICS_MAX_DAYS} days "
-            "(OPSFLOW_ANALYTICS_MAX_DAYS): narrow it."
+            "from",
+            f"the range is longer than {settings.OPSFLOW_ANALYTICS_MAX_DAYS} days "
+            "(OPSFLOW_ANALYTICS_MAX_DAYS): narrow it.",
         )
     return Scope(tuple(org_ids), start, end, zone, workflow, organization)
 
@@ -139,7 +148,7 @@ def _instant(value: str | None, zone, name: str, *, end_of_day: bool) -> datetim
     if not value:
         return None
     if len(value) > 40:
-        raise BadRange(f"{name}: not a date (YYYY-MM-DD) or a date and time (ISO 8601).")
+        raise BadRange(name, "not a date (YYYY-MM-DD) or a date and time (ISO 8601).")
     try:
         day = parse_date(value)
         moment = None if day else parse_datetime(value)
@@ -150,7 +159,7 @@ def _instant(value: str | None, zone, name: str, *, end_of_day: bool) -> datetim
             day += timedelta(days=1)  # a date in `to` includes that whole day
         return datetime.combine(day, time.min, tzinfo=zone)
     if moment is None:
-        raise BadRange(f"{name}: not a date (YYYY-MM-DD) or a date and time (ISO 8601).")
+        raise BadRange(name, "not a date (YYYY-MM-DD) or a date and time (ISO 8601).")
     return moment if timezone.is_aware(moment) else moment.replace(tzinfo=zone)
 
 
