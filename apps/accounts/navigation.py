@@ -71,6 +71,8 @@ def sidebar(request) -> list[dict]:
             "executions.IncompleteExecution",
         ),
         _item("Agents", "dns", "admin:executions_agent_changelist", "executions.Agent"),
+        # the figures of the executions the user may read
+        _item("Analytics", "insights", "admin:analytics", "executions.Execution"),
         _item(
             "Credentials",
             "key",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.template.response import TemplateResponse
+from django.urls import path
 from unfold.sites import UnfoldAdminSite
 
 
@@ -11,6 +12,14 @@ class OpsflowAdminSite(UnfoldAdminSite):
     site_title = "Opsflow"
     index_title = "Dashboard"
     index_template = "admin/opsflow/dashboard.html"
+
+    def get_urls(self):
+        from apps.analytics.views import analytics_view
+
+        return [
+            path("analytics/", self.admin_view(analytics_view), name="analytics"),
+            *super().get_urls(),
+        ]
 
     def index(self, request, extra_context=None):
         from apps.executions import dashboard

@@ -296,6 +296,7 @@ def _top_workflows(runs: QuerySet[Execution]) -> list[dict[str, Any]]:
     }
     return [
         {
+            "workflow_id": r["workflow_id"],  # (for links; the API shows the slug)
             "slug": names[r["workflow_id"]][0],
             "name": names[r["workflow_id"]][1],
             "executions": r["n"],
