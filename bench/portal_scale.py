@@ -16,6 +16,10 @@ What it does:
    every 50 ms, and prints the health check's p50/p99 (a web tier that serializes requests
    answers it only after the queue ahead of it).
 5. Prints the peak RSS (VmHWM) of each web process.
+6. (issue 13) Times the analytics summary of 90 days, its page and the escalation signals in
+   the table, and downloads the CSV and XLSX exports of the last --export-days days once each
+   (the direct-download limit raised for it), printing rows per second against the goals and
+   the web processes' peak RSS after them.
 PostgreSQL only: the goals are about its plans, and SQLite is the embedded default's.
 """
 
@@ -28,6 +32,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -80,6 +85,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--flood", type=int, default=100, help="concurrent list requests")
     parser.add_argument("--flood-seconds", type=float, default=20.0)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--export-days", type=int, default=30, help="the range of the timed exports, in days"
+    )
     args = parser.parse_args()
     if not os.environ.get("DATABASE_URL", "").startswith("postgres"):
         parser.error("set DATABASE_URL to a PostgreSQL database (it may be empty)")
@@ -140,6 +148,7 @@ def pages() -> list[Page]:
     workflow = history.values_list("workflow__slug", flat=True).first()
     recent = history.values_list("pk", flat=True).first()
     recent_step = Step.objects.filter(execution_id=recent).values_list("pk", flat=True).first()
+    days90 = (date.today() - timedelta(days=89)).isoformat()
     return [
         Page("API executions", "/api/v1/executions/", 100),
         Page("API executions ?status=failed", "/api/v1/executions/?status=failed", 100),
@@ -178,6 +187,10 @@ def pages() -> list[Page]:
             100,
             admin=True,
         ),
+        # issue 13: the analytics summary over 90 days, its page, the escalation signals
+        Page("API analytics summary 90 days", f"/api/v1/analytics/summary/?from={days90}", 300),
+        Page("admin analytics 90 days", f"/analytics/?from={days90}", 300, admin=True),
+        Page("API analytics health", "/api/v1/analytics/health/", 150),
     ]
 
 
@@ -197,6 +210,55 @@ def measure(base_url: str, table: list[Page], requests: int, token: str, cookie:
                     page.ms.append(elapsed)
                     page.statuses.add(response.status_code)
             print(f"  {page.label}: p95 {page.p95:.1f} ms", flush=True)
+
+
+@dataclass
+class Export:
+    fmt: str
+    rows: int = 0
+    seconds: float = 0.0
+    status: int = 0
+
+    @property
+    def rate(self) -> float:
+        return self.rows / self.seconds if self.seconds else 0.0
+
+
+EXPORT_GOALS = {"csv": 50_000, "xlsx": 10_000}  # rows per second
+
+
+def measure_exports(base_url: str, token: str, days: int) -> list[Export]:
+    """Download each export of the last `days` days once, through the streaming response, and
+    count its rows (the CSV's lines; the XLSX opened read-only)."""
+    import io
+
+    import httpx
+    import openpyxl
+
+    since = (date.today() - timedelta(days=days - 1)).isoformat()
+    results = []
+    with httpx.Client(base_url=base_url, timeout=600) as client:
+        for fmt in ("csv", "xlsx"):
+            export = Export(fmt)
+            started = time.perf_counter()
+            body = io.BytesIO()
+            with client.stream(
+                "GET",
+                f"/api/v1/analytics/export/?format={fmt}&from={since}",
+                headers={"Authorization": f"Token {token}"},
+            ) as response:
+                export.status = response.status_code
+                for chunk in response.iter_bytes():
+                    body.write(chunk)
+            export.seconds = time.perf_counter() - started
+            if fmt == "csv":
+                export.rows = body.getvalue().count(b"\n") - 1
+            elif export.status == 200:
+                book = openpyxl.load_workbook(body, read_only=True)
+                export.rows = book["Executions"].max_row - 1
+            print(f"  export {fmt}: {export.rows:,} rows in {export.seconds:.1f} s", flush=True)
+            results.append(export)
+    return results
 
 
 def probe_health(base_url: str, seconds: float, results) -> None:
@@ -300,6 +362,7 @@ def main() -> int:
         WEB_CONCURRENCY=str(workers),
         PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}",
         LOG_LEVEL="WARNING",
+        OPSFLOW_EXPORT_SYNC_MAX_ROWS="10000000",  # the bench times big exports directly
     )
     children = Children(f"portal-{os.getpid()}")
     try:
@@ -312,6 +375,9 @@ def main() -> int:
             time.sleep(2)  # every worker process up
             print(f"timing {len(table)} pages, {args.requests} requests each …", flush=True)
             measure(base_url, table, args.requests, token, cookie)
+            print(f"downloading the exports of {args.export_days} days …", flush=True)
+            exports = measure_exports(base_url, token, args.export_days)
+            export_peaks = peak_rss_mib(web.process.pid)
             print(f"flooding with {args.flood} concurrent list requests …", flush=True)
             health, listed = asyncio.run(flood(base_url, args.flood, args.flood_seconds, token))
             peaks = peak_rss_mib(web.process.pid)
@@ -342,6 +408,19 @@ def main() -> int:
         f"/healthz under {args.flood} concurrent list requests ({listed} lists in "
         f"{args.flood_seconds:.0f} s): p50 {percentile(health, 50):.1f} ms, "
         f"p99 {percentile(health, 99):.1f} ms over {len(health)} probes (goal p99 ≤ 100 ms)"
+    )
+    print()
+    for export in exports:
+        goal = EXPORT_GOALS[export.fmt]
+        verdict = "ok" if export.status == 200 and export.rate >= goal else "MISSED"
+        print(
+            f"export {export.fmt:<5} {export.rows:>9,} rows in {export.seconds:6.1f} s: "
+            f"{export.rate:>9,.0f} rows/s (goal ≥ {goal:,}) {verdict}"
+        )
+    print(
+        "peak RSS of the web processes after the exports: "
+        + ", ".join(f"pid {pid} {mib:.0f} MiB" for pid, mib in sorted(export_peaks.items()))
+        + " (goal ≤ 200 MiB)"
     )
     print(
         "peak RSS of the web processes: "

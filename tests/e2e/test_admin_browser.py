@@ -366,3 +366,42 @@ def test_the_live_executions_list_keeps_its_row_selection_working_after_a_refres
     page.locator("#result_list input.action-select").first.check()
 
     assert page.inner_text(".action-counter").startswith("1 of 1 selected")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_analytics_page_draws_its_chart_and_downloads_both_exports(live_server, page):
+    """Issue 13: the page's chart is drawn under the CSP (the fixture fails on a refusal), and
+    each export button downloads a file that opens: the CSV's rows, the XLSX's two sheets."""
+    import csv
+    import io
+
+    import openpyxl
+
+    from apps.executions.services import trigger_workflow
+    from tests.factories import chain_definition, make_workflow
+
+    org = Organization.objects.create(slug="demo", name="Demo")
+    user = get_user_model().objects.create_user("ops", password="ops-password", is_staff=True)
+    Membership.objects.create(organization=org, user=user, role=Role.VIEWER)
+    workflow = make_workflow(org, chain_definition("nightly", 1))
+    made = [trigger_workflow(workflow) for _ in range(3)]
+    Execution.objects.filter(pk=made[0].pk).update(status=ExecutionStatus.FAILED)
+    page.goto(f"{live_server.url}/login/?next=/analytics/")
+    page.fill("#id_username", "ops")
+    page.fill("#id_password", "ops-password")
+    page.click("#login-form button[type=submit]")
+    page.wait_for_selector("canvas.chart")
+    page.wait_for_function("window.Chart && Chart.getChart(document.querySelector('canvas.chart'))")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "analytics.png"), full_page=True)
+
+    with page.expect_download() as csv_download:
+        page.click("text=Export CSV")
+    rows = list(csv.reader(io.StringIO(Path(csv_download.value.path()).read_text())))
+    assert rows[0][:2] == ["id", "workflow"] and len(rows) == 4
+    with page.expect_download() as xlsx_download:
+        page.click("text=Export XLSX")
+    book = openpyxl.load_workbook(io.BytesIO(Path(xlsx_download.value.path()).read_bytes()))
+    assert xlsx_download.value.suggested_filename.endswith(".xlsx")
+    assert book.sheetnames == ["Executions", "Summary"]
+    assert book["Executions"].max_row == 4
