@@ -299,6 +299,7 @@ def run_step_once(step_or_id: Step | int, agent: AgentContext | None) -> Step | 
         return None
     running = agent.running if agent else set()
     running.add(step.pk)  # before the start: the heartbeat reports it from then on
+    stopped_mid_step = False
     try:
         if not step.start(_agent_name(agent)):
             return None  # someone else started it (duplicate delivery) or it was cancelled
@@ -315,8 +316,16 @@ def run_step_once(step_or_id: Step | int, agent: AgentContext | None) -> Step | 
             elif attempt.status in STEP_FAILED:
                 agent.tally["failed"] = agent.tally.get("failed", 0) + 1
         return following
+    except (SystemExit, KeyboardInterrupt):
+        # The worker is being stopped in the middle of the step (RQ's cold shutdown): the
+        # heartbeat keeps reporting the step until the agent records that it stopped, so the
+        # reconciler interrupts it as "stopped while running it", not as forgotten by a live
+        # agent (a beat between here and that record would say the agent no longer runs it).
+        stopped_mid_step = True
+        raise
     finally:
-        running.discard(step.pk)
+        if not stopped_mid_step:
+            running.discard(step.pk)
 
 
 RECORD_RETRY_DELAYS = (0.5, 1, 2, 4, 8, 15)  # about half a minute: a database restart
