@@ -14,10 +14,16 @@ class OpsflowAdminSite(UnfoldAdminSite):
     index_template = "admin/opsflow/dashboard.html"
 
     def get_urls(self):
-        from apps.analytics.views import analytics_view
+        from apps.analytics.views import analytics_view, export_view, start_export_view
 
         return [
             path("analytics/", self.admin_view(analytics_view), name="analytics"),
+            path(
+                "analytics/exports/", self.admin_view(start_export_view), name="analytics_exports"
+            ),
+            path(
+                "analytics/exports/<int:pk>/", self.admin_view(export_view), name="analytics_export"
+            ),
             *super().get_urls(),
         ]
 

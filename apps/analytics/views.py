@@ -8,11 +8,15 @@ import json
 from datetime import timedelta
 from urllib.parse import urlencode
 
+from django.conf import settings
 from django.contrib import admin
-from django.http import QueryDict
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, QueryDict
+from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
+from django_htmx.http import HttpResponseStopPolling
 
 from apps.accounts.permissions import organization_ids_for
 from apps.analytics import services
@@ -95,6 +99,8 @@ def analytics_view(request):
         ],
         agents=_usage(figures["agent_utilization"]["agents"]),
         queues=_usage(figures["agent_utilization"]["queues"]),
+        background=figures["total"] > settings.OPSFLOW_EXPORT_SYNC_MAX_ROWS,
+        kept={k: v for k, v in params.items() if k in ("from", "to", "workflow", "organization")},
         export_csv=f"{reverse('analytics-export')}?format=csv&{export}",
         export_xlsx=f"{reverse('analytics-export')}?format=xlsx&{export}",
     )
@@ -213,3 +219,49 @@ def _chart_options() -> dict:
             "y": {"stacked": True, "beginAtZero": True, "ticks": {"precision": 0}},
         },
     }
+
+
+def start_export_view(request):
+    """The page's "export in the background" buttons: queue it, then show its progress."""
+    from apps.analytics import exports
+
+    if request.method != "POST":
+        raise PermissionDenied("Start an export with the analytics page's buttons.")
+    fmt = request.POST.get("format")
+    if fmt not in ("csv", "xlsx"):
+        raise Http404("No such export format.")
+    params = {k: request.POST.get(k, "") for k in ("from", "to", "workflow", "organization")}
+    try:
+        export = exports.start_export(request.user, params, fmt)
+    except services.BadRange as exc:
+        return TemplateResponse(
+            request,
+            "admin/analytics/export.html",
+            {**admin.site.each_context(request), "title": "Export", "problem": str(exc)},
+            status=400,
+        )
+    return redirect("admin:analytics_export", pk=export.pk)
+
+
+def export_view(request, pk: int):
+    """A background export's progress (the bar refreshes itself until it ends) and its file."""
+    from apps.analytics.choices import EXPORT_COLOURS
+    from apps.analytics.models import Export
+    from apps.executions.admin import status_badge, wants_partial
+
+    export = Export.objects.filter(pk=pk, user=request.user).first()
+    if export is None:
+        raise Http404("No such export of yours.")
+    context = {
+        **admin.site.each_context(request),
+        "title": f"Export #{export.pk}",
+        "export": export,
+        "badge": status_badge(export.status, colours=EXPORT_COLOURS),
+        "download": reverse("analytics-export-download", args=[export.pk]),
+    }
+    if wants_partial(request):
+        response = TemplateResponse(request, "admin/analytics/export.html#progress", context)
+        if not export.is_active:
+            response.status_code = HttpResponseStopPolling.status_code  # 286: polling ends
+        return response
+    return TemplateResponse(request, "admin/analytics/export.html", context)

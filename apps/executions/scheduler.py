@@ -137,6 +137,9 @@ class SchedulerLoop:
         ):
             counts = prune_executions()
             prune_agents()
+            from apps.analytics.exports import expire_exports
+
+            expire_exports()
             if counts:
                 logger.info("retention pruned %s execution(s)", sum(counts.values()))
 

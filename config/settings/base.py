@@ -270,6 +270,11 @@ OPSFLOW_SPIKE_MINIMUM = env_int("OPSFLOW_SPIKE_MINIMUM", 5, minimum=1)
 OPSFLOW_SPIKE_WORKFLOWS = env_int("OPSFLOW_SPIKE_WORKFLOWS", 2, minimum=1)
 # Analytics exports: more rows than this are refused as a direct download (narrow the range).
 OPSFLOW_EXPORT_SYNC_MAX_ROWS = env_int("OPSFLOW_EXPORT_SYNC_MAX_ROWS", 100_000, minimum=1)
+# Larger exports run in the background: their files (under OPSFLOW_EXPORT_DIR, which the web
+# processes and the workers must share) are kept this many hours, progress saved every N rows.
+OPSFLOW_EXPORT_TTL_HOURS = env_int("OPSFLOW_EXPORT_TTL_HOURS", 24, minimum=1)
+OPSFLOW_EXPORT_DIR = Path(env_str("OPSFLOW_EXPORT_DIR", str(VAR_DIR / "exports")))
+OPSFLOW_EXPORT_PROGRESS_ROWS = env_int("OPSFLOW_EXPORT_PROGRESS_ROWS", 5000, minimum=1)
 # The longest range an analytics summary or export covers, in days.
 OPSFLOW_ANALYTICS_MAX_DAYS = env_int("OPSFLOW_ANALYTICS_MAX_DAYS", 400, minimum=1)
 # Prometheus metrics at /metrics: the bearer token scrapers send (Authorization: Bearer ...).

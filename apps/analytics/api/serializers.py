@@ -101,3 +101,40 @@ class HealthSerializer(serializers.Serializer):
     failure_spike = FailureSpikeSerializer()
     overdue = OverdueSerializer()
     agents = AgentsSignalSerializer()
+
+
+class ExportRequestSerializer(serializers.Serializer):
+    """A background export: the format, and the range and filters of the summary."""
+
+    format = serializers.ChoiceField(choices=["csv", "xlsx"])
+    # "from" is a Python keyword: see get_fields
+    to = serializers.CharField(required=False, allow_blank=True, max_length=40)
+    workflow = serializers.CharField(required=False, allow_blank=True, max_length=100)
+    organization = serializers.CharField(required=False, allow_blank=True, max_length=100)
+
+    def get_fields(self):
+        fields = super().get_fields()
+        fields["from"] = serializers.CharField(required=False, allow_blank=True, max_length=40)
+        return fields
+
+
+class ExportSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    format = serializers.CharField()
+    status = serializers.CharField(help_text="queued, running, done, failed or expired.")
+    rows_done = serializers.IntegerField()
+    rows_total = serializers.IntegerField()
+    percent = serializers.IntegerField()
+    params = serializers.DictField(child=serializers.CharField())
+    created_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField(allow_null=True)
+    expires_at = serializers.DateTimeField(allow_null=True)
+    error_message = serializers.CharField()
+    download_url = serializers.SerializerMethodField()
+
+    def get_download_url(self, export) -> str | None:
+        if export.status != "done":
+            return None
+        from django.urls import reverse
+
+        return reverse("analytics-export-download", args=[export.pk])

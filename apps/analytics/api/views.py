@@ -3,16 +3,32 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.http import StreamingHttpResponse
+from django.http import FileResponse, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework import exceptions, renderers
+from rest_framework import exceptions, renderers, status, viewsets
+from rest_framework.decorators import action
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.accounts.api.errors import Conflict
 from apps.accounts.permissions import organization_ids_for
 from apps.analytics import escalation, exports, services
-from apps.analytics.api.serializers import HealthSerializer, SummarySerializer
+from apps.analytics.api.serializers import (
+    ExportRequestSerializer,
+    ExportSerializer,
+    HealthSerializer,
+    SummarySerializer,
+)
+from apps.analytics.choices import ExportStatus
+from apps.analytics.models import Export
+
+
+class Gone(exceptions.APIException):
+    status_code = status.HTTP_410_GONE
+    default_code = "gone"
+    default_detail = "This is no longer available."
+
 
 RANGE_PARAMETERS = [
     OpenApiParameter(
@@ -119,7 +135,8 @@ class ExportView(APIView):
     )
     def get(self, request):
         """One row per execution of the range, as CSV or XLSX (with a Summary sheet), streamed.
-        More rows than OPSFLOW_EXPORT_SYNC_MAX_ROWS are refused: narrow the range."""
+        More rows than OPSFLOW_EXPORT_SYNC_MAX_ROWS are refused: ask for a background export
+        (POST /api/v1/analytics/exports/) or narrow the range."""
         scope = scope_of(request)
         fmt = request.query_params["format"]
         limit = settings.OPSFLOW_EXPORT_SYNC_MAX_ROWS
@@ -129,7 +146,8 @@ class ExportView(APIView):
                 {
                     "from": [
                         f"more than {limit:,} executions in the range "
-                        "(OPSFLOW_EXPORT_SYNC_MAX_ROWS): narrow it."
+                        "(OPSFLOW_EXPORT_SYNC_MAX_ROWS): export them in the background "
+                        "(POST /api/v1/analytics/exports/) or narrow the range."
                     ]
                 }
             )
@@ -140,4 +158,54 @@ class ExportView(APIView):
             body, media = exports.xlsx_stream(scope), exports.XLSX_TYPE
         response = StreamingHttpResponse(body, content_type=media)
         response["Content-Disposition"] = f'attachment; filename="executions-{stamp}.{fmt}"'
+        return response
+
+
+class ExportJobViewSet(viewsets.GenericViewSet):
+    """Background exports: each user sees their own."""
+
+    serializer_class = ExportSerializer
+    queryset = Export.objects.none()  # (the schema's model; each request gets its own rows)
+    lookup_value_regex = r"[0-9]+"
+
+    def get_queryset(self):
+        return Export.objects.filter(user=self.request.user)
+
+    @extend_schema(responses=ExportSerializer(many=True))
+    def list(self, request):
+        page = self.paginate_queryset(self.get_queryset())
+        return self.get_paginated_response(ExportSerializer(page, many=True).data)
+
+    @extend_schema(request=ExportRequestSerializer, responses={202: ExportSerializer})
+    def create(self, request):
+        """Queue an export of the range: 202, then follow its progress at its URL."""
+        asked = ExportRequestSerializer(data=request.data)
+        asked.is_valid(raise_exception=True)
+        params = {k: v for k, v in asked.validated_data.items() if k != "format"}
+        try:
+            export = exports.start_export(request.user, params, asked.validated_data["format"])
+        except services.BadRange as exc:
+            raise exceptions.ValidationError({exc.param: [exc.message]}) from None
+        return Response(ExportSerializer(export).data, status=202)
+
+    def retrieve(self, request, pk=None):
+        return Response(ExportSerializer(self.get_object()).data)
+
+    @extend_schema(
+        responses={
+            (200, "text/csv"): OpenApiResponse(OpenApiTypes.BINARY),
+            (200, exports.XLSX_TYPE): OpenApiResponse(OpenApiTypes.BINARY),
+        }
+    )
+    @action(detail=True, methods=["get"], url_path="download")
+    def download(self, request, pk=None):
+        """The file, once done (409 before; 410 once expired)."""
+        export = self.get_object()
+        if export.status == ExportStatus.EXPIRED:
+            raise Gone(f"This export expired {export.expires_at:%Y-%m-%d %H:%M} UTC: ask again.")
+        if export.status != ExportStatus.DONE:
+            raise Conflict(f"This export is {export.status}: its file is not ready.")
+        media = "text/csv" if export.format == "csv" else exports.XLSX_TYPE
+        response = FileResponse(export.path().open("rb"), content_type=media)  # noqa: SIM115 (closed by the response)
+        response["Content-Disposition"] = f'attachment; filename="{export.file_name}"'
         return response
