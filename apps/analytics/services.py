@@ -56,6 +56,7 @@ ENDED = (
 )
 RATED = (ExecutionStatus.COMPLETED, ExecutionStatus.FAILED, ExecutionStatus.INCOMPLETE)
 DEFAULT_DAYS = 7
+PRESETS = {"24h": 0, "7d": 7, "30d": 30, "90d": 90}  # range=…: 0 is the last 24 hours
 TOP_WORKFLOWS = 10
 UTC = zoneinfo.ZoneInfo("UTC")
 
@@ -90,9 +91,10 @@ class Scope:
 
 
 def scope_for(user, params) -> Scope:
-    """Read `from`, `to`, `workflow` and `organization` from query parameters, within the user's
-    organizations. A date is a whole day in the zone (`to` included); a datetime is an instant.
-    Defaults: the last 7 days (today included) up to now, every organization of the user."""
+    """Read `from`, `to` (or a `range` preset: 24h, 7d, 30d, 90d), `workflow` and
+    `organization` from query parameters, within the user's organizations. A date is a whole
+    day in the zone (`to` included); a datetime is an instant. Defaults: the last 7 days
+    (today included) up to now, every organization of the user."""
     org_ids = organization_ids_for(user)
     organization = None
     org_slug = (params.get("organization") or "").strip()
@@ -116,13 +118,17 @@ def scope_for(user, params) -> Scope:
         workflow = matches[0]
     now = timezone.now()
     end = _instant(params.get("to"), zone, "to", end_of_day=True) or now
-    # By default the last 7 days, today included, whole days in the zone.
-    start = _instant(params.get("from"), zone, "from", end_of_day=False) or datetime.combine(
-        (end - timedelta(microseconds=1)).astimezone(zone).date()
-        - timedelta(days=DEFAULT_DAYS - 1),
-        time.min,
-        tzinfo=zone,
-    )
+    start = _instant(params.get("from"), zone, "from", end_of_day=False)
+    if start is None:
+        preset = (params.get("range") or "").strip()
+        if preset and preset not in PRESETS:
+            raise BadRange("range", f"one of {', '.join(PRESETS)}.")
+        days = PRESETS.get(preset, DEFAULT_DAYS)
+        if days == 0:  # 24 hours back from `to`
+            start = end - timedelta(hours=24)
+        else:  # whole days in the zone, the last one included
+            last = (end - timedelta(microseconds=1)).astimezone(zone).date()
+            start = datetime.combine(last - timedelta(days=days - 1), time.min, tzinfo=zone)
     if start >= end:
         raise BadRange("from", "must be before to.")
     if end - start > timedelta(days=settings.OPSFLOW_ANALYTICS_MAX_DAYS):

@@ -15,19 +15,13 @@ from django.http import Http404, QueryDict
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
-from django.utils import timezone
 from django_htmx.http import HttpResponseStopPolling
 
 from apps.accounts.permissions import organization_ids_for
 from apps.analytics import services
 from apps.workflows.models import Workflow
 
-PRESETS = [
-    ("24h", "24 hours", 1),
-    ("7d", "7 days", 7),
-    ("30d", "30 days", 30),
-    ("90d", "90 days", 90),
-]
+PRESETS = [("24h", "24 hours"), ("7d", "7 days"), ("30d", "30 days"), ("90d", "90 days")]
 COLOURS = {  # the badge palette's (opsflow.css), read by unfold's chart code as CSS variables
     "completed": "var(--color-green-600)",
     "failed": "var(--color-red-600)",
@@ -37,17 +31,10 @@ COLOURS = {  # the badge palette's (opsflow.css), read by unfold's chart code as
 
 
 def _params(request) -> QueryDict:
-    """The query, with a preset turned into its range (24 hours back from now; N whole days
-    ending today)."""
+    """The query; a preset (`range`) gives way to dates typed in the form."""
     params = request.GET.copy()
-    preset = params.pop("range", [""])[-1]
-    days = {key: n for key, _, n in PRESETS}.get(preset)
-    if days == 1:
-        params["from"] = (timezone.now() - timedelta(hours=24)).isoformat(timespec="seconds")
-        params.pop("to", None)
-    elif days:
-        params["from"] = (timezone.localdate() - timedelta(days=days - 1)).isoformat()
-        params.pop("to", None)
+    if params.get("from") or params.get("to"):
+        params.pop("range", None)
     return params
 
 
@@ -100,7 +87,8 @@ def analytics_view(request):
         agents=_usage(figures["agent_utilization"]["agents"]),
         queues=_usage(figures["agent_utilization"]["queues"]),
         background=figures["total"] > settings.OPSFLOW_EXPORT_SYNC_MAX_ROWS,
-        kept={k: v for k, v in params.items() if k in ("from", "to", "workflow", "organization")},
+        kept={"from": scope.start.isoformat(), "to": scope.end.isoformat()}
+        | {k: v for k, v in params.items() if k in ("workflow", "organization")},
         export_csv=f"{reverse('analytics-export')}?format=csv&{export}",
         export_xlsx=f"{reverse('analytics-export')}?format=xlsx&{export}",
     )

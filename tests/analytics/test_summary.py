@@ -191,8 +191,22 @@ def test_another_organizations_runs_never_count(history):
         ({"from": "2020-01-01", "to": "2026-01-10"}, "longer than 400 days"),
         ({"workflow": "nope"}, "workflow: no workflow 'nope'"),
         ({"organization": "elsewhere"}, "organization: no organization 'elsewhere' of yours."),
+        ({"from": "", "range": "1y"}, "range: one of 24h, 7d, 30d, 90d."),
     ],
 )
 def test_a_bad_range_or_filter_says_what_is_wrong(history, analyst, params, message):
     with pytest.raises(services.BadRange, match=message):
         services.scope_for(analyst, {"from": "2026-01-10", "to": "2026-01-11", **params})
+
+
+def test_the_presets_count_back_from_now_in_the_zone(paris, analyst):
+    from django.utils import timezone
+
+    last_day = services.scope_for(analyst, {"range": "24h"})
+    month = services.scope_for(analyst, {"range": "30d"})
+
+    assert abs((timezone.now() - last_day.end).total_seconds()) < 5
+    assert last_day.end - last_day.start == timedelta(hours=24)
+    start = month.start.astimezone(month.zone)
+    assert (start.hour, start.minute) == (0, 0)  # midnight in Paris
+    assert (month.end.astimezone(month.zone).date() - start.date()).days == 29

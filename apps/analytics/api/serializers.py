@@ -109,6 +109,7 @@ class ExportRequestSerializer(serializers.Serializer):
     format = serializers.ChoiceField(choices=["csv", "xlsx"])
     # "from" is a Python keyword: see get_fields
     to = serializers.CharField(required=False, allow_blank=True, max_length=40)
+    range = serializers.ChoiceField(choices=["24h", "7d", "30d", "90d"], required=False)
     workflow = serializers.CharField(required=False, allow_blank=True, max_length=100)
     organization = serializers.CharField(required=False, allow_blank=True, max_length=100)
 

@@ -40,6 +40,13 @@ RANGE_PARAMETERS = [
     OpenApiParameter(
         "to", str, description="A date (included) or a date and time (excluded). Default: now."
     ),
+    OpenApiParameter(
+        "range",
+        str,
+        enum=["24h", "7d", "30d", "90d"],
+        description="A preset instead of `from`: the last 24 hours, or the last N days (today "
+        "included).",
+    ),
     OpenApiParameter("workflow", str, description="A workflow's slug."),
     OpenApiParameter("organization", str, description="An organization's slug."),
 ]
