@@ -8,7 +8,6 @@ import threading
 from datetime import timedelta
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 
 from apps.approvals.models import Approval
@@ -18,7 +17,7 @@ from apps.executions.choices import EventKind, ExecutionStatus, StepStatus
 from apps.executions.models import Agent, Execution, Step
 from apps.executions.nodes.builtin import NoopNode
 from apps.executions.services import reconcile_lost_agents, run_step_once, trigger_workflow
-from apps.executions.worker import ThreadAgentWorker
+from tests.executions.test_cancel_now import work_in_background
 from tests.factories import chain_definition, make_workflow
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the worker runs on its own thread
@@ -62,16 +61,7 @@ def test_a_running_node_s_started_event_is_committed_before_its_work_begins(
     definition["nodes"][0]["id"] = "hold"
     definition["edges"][0]["from"] = "hold"
     execution = trigger_workflow(make_workflow(org, definition))
-    worker = ThreadAgentWorker(["default"], connection=redis_conn)
-
-    def work() -> None:
-        try:
-            worker.work(burst=True)
-        finally:
-            connection.close()  # this thread's: back to the pool, not held by a dead thread
-
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
+    thread = work_in_background(redis_conn, "default")
     try:
         assert entered.wait(timeout=15), "the node never started"
         # This thread's connection is not the worker's: what it reads is committed.
