@@ -49,6 +49,18 @@ current_agent: contextvars.ContextVar[AgentContext | None] = contextvars.Context
 )
 
 
+def send_metrics() -> None:
+    """The Prometheus counts of the steps this process ran (apps/analytics/metrics_counters.py)
+    go to Redis with the heartbeat, in one pipeline, so the step path itself sends nothing. A
+    Redis outage keeps them for the next beat and does not fail the heartbeat."""
+    from apps.analytics import metrics_counters
+
+    try:
+        metrics_counters.flush()
+    except Exception as exc:
+        logger.debug("metrics not sent with the heartbeat: %s", exc)
+
+
 class Heartbeat:
     """One daemon thread per process stamps the heartbeat of every agent the process runs.
 
@@ -95,6 +107,7 @@ class Heartbeat:
             }
         for name, (draining, running, tally) in agents.items():
             Agent.beat(name, now, running, draining, tally)
+        send_metrics()
 
     def _run(self) -> None:
         """Never dies while an agent needs it: a silent heartbeat would get its steps re-run."""
@@ -139,7 +152,10 @@ class AgentWorker(SimpleWorker):
     def work(self, burst: bool = False, *args, **kwargs) -> bool:
         """A long-running worker is an agent with a heartbeat; a burst (tests, benchmarks) is not."""
         if burst:
-            return super().work(True, *args, **kwargs)
+            try:
+                return super().work(True, *args, **kwargs)
+            finally:
+                send_metrics()  # no heartbeat: the counts go when the burst ends
         from apps.executions.models import Agent
 
         name = self.agent_name
@@ -149,6 +165,7 @@ class AgentWorker(SimpleWorker):
             return self._work_through_outages(*args, **kwargs)
         finally:
             HEARTBEAT.remove(name)
+            send_metrics()  # what it ran since the last heartbeat
             try:
                 Agent.mark_stopped(name)  # a step left running now is interrupted at once
             except DatabaseError:

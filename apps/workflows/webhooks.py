@@ -18,6 +18,7 @@ from django.http import JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
+from apps.analytics import metrics_counters
 from apps.executions.choices import Trigger
 from apps.executions.services import WorkflowNotRunnable, trigger_workflow
 from apps.workflows.definition import DefinitionError
@@ -50,13 +51,28 @@ def signature_for(secret: str, body: bytes) -> str:
 
 
 def accepted(execution, repeat: bool = False) -> JsonResponse:
-    return JsonResponse(
+    response = JsonResponse(
         {"execution": execution.pk, "status": execution.status, "duplicate": repeat}, status=202
     )
+    response.duplicate = repeat  # for the count of outcomes
+    return response
 
 
 @csrf_exempt
 def receive(request, key: str):
+    """Every answer is counted by outcome for /metrics (one HINCRBY; never fails the request)."""
+    outcome = metrics_counters.WEBHOOK_ERROR
+    try:
+        response = _receive(request, key)
+        outcome = metrics_counters.webhook_outcome(
+            response.status_code, getattr(response, "duplicate", False)
+        )
+        return response
+    finally:
+        metrics_counters.count_webhook(outcome)
+
+
+def _receive(request, key: str):
     if request.method != "POST":
         response = error(405, "method_not_allowed", "Use POST.")
         response["Allow"] = "POST"
