@@ -240,6 +240,25 @@ ACTIONS: tuple[Action, ...] = (
         "of their own organizations.",
     ),
     Action(
+        "analytics.read",
+        "Read the analytics of your organizations: the summary, the escalation signals, the "
+        "exports",
+        CAN_READ,
+        api=(
+            "GET /api/v1/analytics/summary/",
+            "GET /api/v1/analytics/health/",
+            "GET /api/v1/analytics/export/",
+            "GET /api/v1/analytics/exports/",
+            "POST /api/v1/analytics/exports/",
+            "GET /api/v1/analytics/exports/{pk}/",
+            "GET /api/v1/analytics/exports/{pk}/download/",
+        ),
+        other=("/analytics/",),
+        shared=True,
+        note="Each member sees the figures of their own organizations; a background export is "
+        "its user's alone.",
+    ),
+    Action(
         "audit.read",
         "Read the audit log of the organization",
         Role.ADMIN,

@@ -20,6 +20,7 @@ class Organization(models.Model):
     time_zone = models.CharField(
         max_length=64,
         default="UTC",
+        db_default="UTC",  # rows written without the ORM (older code, raw inserts) get it too
         validators=[validate_time_zone],
         help_text="An IANA time zone (Europe/Paris): analytics count days in it.",
     )

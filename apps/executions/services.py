@@ -21,7 +21,6 @@ from django.utils import timezone
 from redis.exceptions import RedisError
 
 from apps.accounts import audit
-from apps.analytics import metrics_counters
 from apps.credentials.runtime import Secrets
 from apps.executions import engine, errors, stopping
 from apps.executions.choices import (
@@ -48,10 +47,6 @@ from apps.workflows.definition import masked_definition, resolve_variables
 from apps.workflows.models import Workflow, WorkflowVersion
 
 logger = logging.getLogger(__name__)
-
-# Executions and steps that end are counted for /metrics from their transitions' saves, in every
-# process that runs the engine (apps/analytics/metrics_counters.py).
-metrics_counters.connect()
 
 MAX_LOCAL_STEPS_PER_JOB = 200
 

@@ -519,6 +519,16 @@ def agents_read(w: World, user) -> dict[str, bool]:
     }
 
 
+def analytics_read(w: World, user) -> dict[str, bool]:
+    client = api(user)
+    return {
+        "api summary": answered(client.get("/api/v1/analytics/summary/")),
+        "api health": answered(client.get("/api/v1/analytics/health/")),
+        "api export": answered(client.get("/api/v1/analytics/export/?format=csv")),
+        "page": page(web(user).get("/analytics/")),
+    }
+
+
 def audit_read(w: World, user) -> dict[str, bool]:
     entry = AuditEntry.objects.create(organization=w.org, action="probe", actor_name="root")
     return read_channels(
@@ -570,6 +580,7 @@ PROBES: dict[str, Callable[[World, object], dict[str, bool]]] = {
     "approvals.decide": approvals_decide,
     "credentials.manage": credentials_manage,
     "agents.read": agents_read,
+    "analytics.read": analytics_read,
     "audit.read": audit_read,
     "auth.token": auth_token,
     "organizations.manage": organizations_manage,
