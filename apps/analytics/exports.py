@@ -163,11 +163,9 @@ def write_xlsx(scope: Scope, target, on_progress=None) -> int:
     sheet = book.create_sheet("Executions")
     sheet.append(COLUMNS)
     count = 0
-    for row in rows(scope):
+    for row in _reporting(rows(scope), on_progress):
         sheet.append(row)
         count += 1
-        if on_progress and count % settings.OPSFLOW_EXPORT_PROGRESS_ROWS == 0:
-            on_progress(count)
     _summary_sheet(book.create_sheet("Summary"), summary(scope))
     book.save(target)
     return count
@@ -224,13 +222,8 @@ def start_export(user, params, fmt: str):
     from apps.executions.dispatch import get_queue
 
     scope = services.scope_for(user, params)
-    kept = {"from": scope.start.isoformat(), "to": scope.end.isoformat()}
-    if scope.workflow is not None:
-        kept["workflow"] = scope.workflow.slug
-    if scope.organization is not None:
-        kept["organization"] = scope.organization.slug
     export = Export.objects.create(
-        user=user, format=fmt, params=kept, rows_total=scope.executions().count()
+        user=user, format=fmt, params=scope.params(), rows_total=scope.executions().count()
     )
     transaction.on_commit(
         lambda: get_queue("default").enqueue(
@@ -274,16 +267,21 @@ def run_export(export_id: int) -> None:
 
 def _write_csv(scope: Scope, out, on_progress) -> int:
     out.write(csv_lines([], header=True).encode())
-    count = reported = 0
-    source = rows(scope)
-    size = min(CHUNK_ROWS, settings.OPSFLOW_EXPORT_PROGRESS_ROWS)
-    while batch := list(islice(source, size)):
+    count = 0
+    source = _reporting(rows(scope), on_progress)
+    while batch := list(islice(source, CHUNK_ROWS)):
         out.write(csv_lines(batch, header=False).encode())
         count += len(batch)
-        if count - reported >= settings.OPSFLOW_EXPORT_PROGRESS_ROWS:
-            on_progress(count)
-            reported = count
     return count
+
+
+def _reporting(source: Iterator[list[Any]], on_progress) -> Iterator[list[Any]]:
+    """The rows, calling `on_progress(rows so far)` every OPSFLOW_EXPORT_PROGRESS_ROWS rows."""
+    every = settings.OPSFLOW_EXPORT_PROGRESS_ROWS
+    for count, row in enumerate(source, start=1):
+        yield row
+        if on_progress and count % every == 0:
+            on_progress(count)
 
 
 def expire_exports(now=None) -> int:

@@ -81,6 +81,16 @@ class Scope:
     workflow: Workflow | None = None
     organization: Organization | None = None
 
+    def params(self) -> dict[str, str]:
+        """The query parameters that name this scope again, as instants (so "the last 7 days"
+        does not move): for the export links and for background exports."""
+        named = {"from": self.start.isoformat(), "to": self.end.isoformat()}
+        if self.workflow is not None:
+            named["workflow"] = self.workflow.slug
+        if self.organization is not None:
+            named["organization"] = self.organization.slug
+        return named
+
     def executions(self) -> QuerySet[Execution]:
         runs = Execution.objects.filter(
             organization_id__in=self.org_ids, created_at__gte=self.start, created_at__lt=self.end

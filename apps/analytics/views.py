@@ -68,11 +68,7 @@ def analytics_view(request):
         context["problem"] = str(exc)
         return TemplateResponse(request, "admin/analytics/index.html", context, status=400)
     figures = services.summary(scope)
-    export = urlencode(
-        {k: v for k, v in (("from", scope.start.isoformat()), ("to", scope.end.isoformat())) if v}
-        | ({"workflow": scope.workflow.slug} if scope.workflow else {})
-        | ({"organization": scope.organization.slug} if scope.organization else {})
-    )
+    export = urlencode(scope.params())
     context.update(
         scope=scope,
         figures=figures,
@@ -87,8 +83,7 @@ def analytics_view(request):
         agents=_usage(figures["agent_utilization"]["agents"]),
         queues=_usage(figures["agent_utilization"]["queues"]),
         background=figures["total"] > settings.OPSFLOW_EXPORT_SYNC_MAX_ROWS,
-        kept={"from": scope.start.isoformat(), "to": scope.end.isoformat()}
-        | {k: v for k, v in params.items() if k in ("workflow", "organization")},
+        kept=scope.params(),
         export_csv=f"{reverse('analytics-export')}?format=csv&{export}",
         export_xlsx=f"{reverse('analytics-export')}?format=xlsx&{export}",
     )
