@@ -1,4 +1,27 @@
 from django.apps import AppConfig
+from django.db import connections
+from django.db.models.signals import post_migrate, pre_migrate
+
+
+def _drop_marks_on_sqlite(using, **kwargs):
+    """SQLite rebuilds a table to alter it, and a trigger naming the table stops the rebuild:
+    the rollup's marking triggers are dropped before migrating and installed again after."""
+    from apps.analytics import rollup
+
+    connection = connections[using]
+    if connection.vendor == "sqlite":
+        rollup.uninstall(connection)
+
+
+def _install_marks(using, **kwargs):
+    """Install the marking triggers after each migrate, once both of their tables exist."""
+    from apps.analytics import rollup
+
+    connection = connections[using]
+    with connection.cursor() as cursor:
+        tables = connection.introspection.table_names(cursor)
+    if rollup.EXECUTION_TABLE in tables and rollup.MARK_TABLE in tables:
+        rollup.install(connection)
 
 
 class AnalyticsConfig(AppConfig):
@@ -12,3 +35,5 @@ class AnalyticsConfig(AppConfig):
         from apps.analytics import metrics_counters
 
         metrics_counters.connect()
+        pre_migrate.connect(_drop_marks_on_sqlite, sender=self)
+        post_migrate.connect(_install_marks, sender=self)

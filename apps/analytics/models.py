@@ -96,3 +96,88 @@ class Export(models.Model):
         if changed:
             self.status = ExportStatus.EXPIRED
         return bool(changed)
+
+
+# --- the daily rollup (apps/analytics/rollup.py) ---
+
+
+class RolledDay(models.Model):
+    """A day of an organization (in its time zone then) whose ended runs are in the rollup.
+    A day not here, or with a change mark since, is counted from the executions themselves."""
+
+    organization = models.ForeignKey(
+        "accounts.Organization", on_delete=models.CASCADE, related_name="+", db_index=False
+    )
+    day = models.DateField()
+    time_zone = models.CharField(max_length=64)
+    folded_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "day"], name="rolled_day_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.organization_id} {self.day}"
+
+
+class DailyRollup(models.Model):
+    """The ended runs of a rolled day, one row per workflow and status: how many, how many have
+    a duration, the sum of those durations and their log-bucket histogram."""
+
+    organization = models.ForeignKey(
+        "accounts.Organization", on_delete=models.CASCADE, related_name="+", db_index=False
+    )
+    day = models.DateField()
+    workflow = models.ForeignKey(
+        "workflows.Workflow", on_delete=models.CASCADE, related_name="+", db_index=False
+    )
+    status = models.CharField(max_length=16)
+    executions = models.PositiveIntegerField(default=0)
+    timed = models.PositiveIntegerField(default=0)
+    duration_us = models.BigIntegerField(default=0)
+    durations = models.JSONField(default=dict)  # {bucket: runs}
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "day", "workflow", "status"], name="daily_rollup_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.organization_id} {self.day} {self.workflow_id} {self.status}"
+
+
+class AgentRollup(models.Model):
+    """The steps that ran in the ended runs of a rolled day, by workflow, agent and queue."""
+
+    organization = models.ForeignKey(
+        "accounts.Organization", on_delete=models.CASCADE, related_name="+", db_index=False
+    )
+    day = models.DateField()
+    workflow = models.ForeignKey(
+        "workflows.Workflow", on_delete=models.CASCADE, related_name="+", db_index=False
+    )
+    worker = models.CharField(max_length=200)
+    queue = models.CharField(max_length=64)
+    steps = models.PositiveIntegerField(default=0)
+    busy_us = models.BigIntegerField(default=0)
+
+    class Meta:
+        indexes = [models.Index(fields=["organization", "day"], name="agent_rollup_day")]
+
+    def __str__(self) -> str:
+        return f"{self.organization_id} {self.day} {self.worker} {self.queue}"
+
+
+class RollupMark(models.Model):
+    """A change to an ended run (or a run becoming or ceasing to be one), written by a database
+    trigger in the statement that made it: its day is counted afresh until the next fold.
+    No foreign key and no index beyond the key: an insert here is on every run's last save."""
+
+    organization_id = models.BigIntegerField()
+    created_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.organization_id} {self.created_at}"

@@ -7,7 +7,8 @@ Definitions (the README's "Analytics" section says the same):
 - success rate = completed ÷ (completed + failed + incomplete), in percent with one decimal;
   cancelled runs count in the total, not in the rate; null when nothing is rated;
 - duration = finished_at − started_at of ended runs that started: average, p50, p95 (linear
-  interpolation between the two nearest ranks, PostgreSQL's percentile_cont);
+  interpolation between the two nearest ranks, PostgreSQL's percentile_cont), exact up to
+  rollup.EXACT_PERCENTILES_MAX timed runs in the range and within 1% beyond (log buckets);
 - active workflows = those with is_active and a published version, now;
 - days are bucketed in the organization's time zone (`Organization.time_zone`); across several
   organizations of different zones, in UTC.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import math
 import zoneinfo
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any
@@ -24,36 +26,18 @@ from typing import Any
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
 from django.db import connection
-from django.db.models import (
-    Aggregate,
-    Avg,
-    Count,
-    DurationField,
-    ExpressionWrapper,
-    F,
-    FloatField,
-    Func,
-    Q,
-    QuerySet,
-    Sum,
-    Value,
-)
-from django.db.models.functions import Coalesce, TruncDate
+from django.db.models import Aggregate, F, FloatField, Func, QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
 from apps.accounts.models import Organization
 from apps.accounts.permissions import organization_ids_for
+from apps.analytics import rollup
+from apps.analytics.rollup import ENDED
 from apps.executions.choices import ExecutionStatus
-from apps.executions.models import Execution, Step
+from apps.executions.models import Execution
 from apps.workflows.models import Workflow
 
-ENDED = (
-    ExecutionStatus.COMPLETED,
-    ExecutionStatus.FAILED,
-    ExecutionStatus.INCOMPLETE,
-    ExecutionStatus.CANCELLED,
-)
 RATED = (ExecutionStatus.COMPLETED, ExecutionStatus.FAILED, ExecutionStatus.INCOMPLETE)
 DEFAULT_DAYS = 7
 PRESETS = {"24h": 0, "7d": 7, "30d": 30, "90d": 90}  # range=…: 0 is the last 24 hours
@@ -202,10 +186,16 @@ def _seconds_taken():
 
 
 def summary(scope: Scope) -> dict[str, Any]:
-    runs = scope.executions()
+    """The figures of a scope: its whole past days from the rollup where rolled, the rest
+    counted (apps/analytics/rollup.py)."""
+    workflow_id = scope.workflow.pk if scope.workflow is not None else None
+    now = timezone.now()
+    split = rollup.plan(scope.org_ids, scope.start, scope.end, scope.zone)
+    counted = rollup.tally(split.spans, scope.zone, workflow_id, now)
+    counted.add(rollup.read(split.rolled, workflow_id))
     by_status = {status: 0 for status in ExecutionStatus.values}
-    for status, n in runs.order_by().values_list("status").annotate(n=Count("id")):
-        by_status[status] = n
+    for (_, _, status), n in counted.runs.items():
+        by_status[status] += n
     total = sum(by_status.values())
     rated = sum(by_status[s] for s in RATED)
     return {
@@ -215,11 +205,11 @@ def summary(scope: Scope) -> dict[str, Any]:
         "total": total,
         "by_status": by_status,
         "success_rate": _rate(by_status[ExecutionStatus.COMPLETED], rated),
-        **_durations(runs),
+        **_durations(scope, counted),
         "active_workflows": _active_workflows(scope),
-        "daily": _daily(scope, runs),
-        "top_workflows": _top_workflows(runs),
-        "agent_utilization": _agent_utilization(scope),
+        "daily": _daily(scope, counted),
+        "top_workflows": _top_workflows(counted),
+        "agent_utilization": _agent_utilization(counted),
     }
 
 
@@ -227,26 +217,35 @@ def _rate(completed: int, rated: int) -> float | None:
     return round(100 * completed / rated, 1) if rated else None
 
 
-def _durations(runs: QuerySet[Execution]) -> dict[str, int | None]:
-    ended = runs.filter(
-        status__in=ENDED, started_at__isnull=False, finished_at__isnull=False
-    ).order_by()
-    taken = ExpressionWrapper(F("finished_at") - F("started_at"), output_field=DurationField())
-    average = ended.aggregate(avg=Avg(taken))["avg"]
-    if connection.vendor == "postgresql":
-        p50, p95 = ended.aggregate(p=_Percentiles(_seconds_taken()))["p"] or (None, None)
-        p50, p95 = (None if v is None else v * 1000 for v in (p50, p95))
-    else:  # the embedded default: its history is small enough to sort here
-        values = sorted(
-            (f - s).total_seconds() * 1000
-            for s, f in ended.values_list("started_at", "finished_at")
-        )
-        p50, p95 = percentile(values, 0.5), percentile(values, 0.95)
+def _durations(scope: Scope, counted: rollup.Tally) -> dict[str, int | None]:
+    timed = sum(counted.timed.values())
+    average = sum(counted.duration_us.values()) / timed / 1000 if timed else None
+    if timed <= rollup.EXACT_PERCENTILES_MAX:
+        p50, p95 = _exact_percentiles(scope)
+    else:  # from the log-bucket histograms: within 1%
+        histogram = counted.histogram()
+        p50 = rollup.histogram_percentile(histogram, 0.5)
+        p95 = rollup.histogram_percentile(histogram, 0.95)
     return {
-        "avg_duration_ms": _ms(average.total_seconds() * 1000 if average is not None else None),
+        "avg_duration_ms": _ms(average),
         "p50_duration_ms": _ms(p50),
         "p95_duration_ms": _ms(p95),
     }
+
+
+def _exact_percentiles(scope: Scope) -> tuple[float | None, float | None]:
+    ended = (
+        scope.executions()
+        .filter(status__in=ENDED, started_at__isnull=False, finished_at__isnull=False)
+        .order_by()
+    )
+    if connection.vendor == "postgresql":
+        p50, p95 = ended.aggregate(p=_Percentiles(_seconds_taken()))["p"] or (None, None)
+        return tuple(None if v is None else v * 1000 for v in (p50, p95))  # type: ignore[return-value]
+    values = sorted(
+        (f - s).total_seconds() * 1000 for s, f in ended.values_list("started_at", "finished_at")
+    )
+    return percentile(values, 0.5), percentile(values, 0.95)
 
 
 def _ms(value: float | None) -> int | None:
@@ -271,87 +270,69 @@ def _active_workflows(scope: Scope) -> int:
     return workflows.count()
 
 
-def _daily(scope: Scope, runs: QuerySet[Execution]) -> list[dict[str, Any]]:
-    counts: dict[date, dict[str, int]] = {}
-    rows = (
-        runs.filter(status__in=ENDED)
-        .order_by()
-        .annotate(day=TruncDate("created_at", tzinfo=scope.zone))
-        .values_list("day", "status")
-        .annotate(n=Count("id"))
-    )
-    for day, status, n in rows:
-        counts.setdefault(day, {})[status] = n
+def _daily(scope: Scope, counted: rollup.Tally) -> list[dict[str, Any]]:
+    counts: dict[date, Counter[str]] = defaultdict(Counter)
+    for (_, day, status), n in counted.runs.items():
+        if status in ENDED:
+            counts[day][status] += n
     first = scope.start.astimezone(scope.zone).date()
     last = (scope.end - timedelta(microseconds=1)).astimezone(scope.zone).date()
     days = []
     day = first
     while day <= last:
-        seen = counts.get(day, {})
-        days.append({"date": day, **{status: seen.get(status, 0) for status in ENDED}})
+        seen = counts.get(day, Counter())
+        days.append({"date": day, **{status: seen[status] for status in ENDED}})
         day += timedelta(days=1)
     return days
 
 
-def _top_workflows(runs: QuerySet[Execution]) -> list[dict[str, Any]]:
-    rows = list(
-        runs.order_by()
-        .values("workflow_id")
-        .annotate(
-            n=Count("id"),
-            completed=Count("id", filter=Q(status=ExecutionStatus.COMPLETED)),
-            rated=Count("id", filter=Q(status__in=RATED)),
-        )
-        .order_by("-n", "workflow_id")[:TOP_WORKFLOWS]
-    )
+def _top_workflows(counted: rollup.Tally) -> list[dict[str, Any]]:
+    runs: Counter[int] = Counter()
+    completed: Counter[int] = Counter()
+    rated: Counter[int] = Counter()
+    for (workflow, _, status), n in counted.runs.items():
+        runs[workflow] += n
+        if status == ExecutionStatus.COMPLETED:
+            completed[workflow] += n
+        if status in RATED:
+            rated[workflow] += n
+    top = sorted(runs, key=lambda pk: (-runs[pk], pk))[:TOP_WORKFLOWS]
     names = {
         pk: (slug, name)
-        for pk, slug, name in Workflow.objects.filter(
-            pk__in=[r["workflow_id"] for r in rows]
-        ).values_list("pk", "slug", "name")
+        for pk, slug, name in Workflow.objects.filter(pk__in=top).values_list("pk", "slug", "name")
     }
     return [
         {
-            "workflow_id": r["workflow_id"],  # (for links; the API shows the slug)
-            "slug": names[r["workflow_id"]][0],
-            "name": names[r["workflow_id"]][1],
-            "executions": r["n"],
-            "success_rate": _rate(r["completed"], r["rated"]),
+            "workflow_id": pk,  # (for links; the API shows the slug)
+            "slug": names[pk][0],
+            "name": names[pk][1],
+            "executions": runs[pk],
+            "success_rate": _rate(completed[pk], rated[pk]),
         }
-        for r in rows
+        for pk in top
     ]
 
 
-def _agent_utilization(scope: Scope) -> dict[str, list[dict[str, Any]]]:
+def _agent_utilization(counted: rollup.Tally) -> dict[str, list[dict[str, Any]]]:
     """Steps that ran (had a worker) in the range's executions, by agent and by queue: how
-    many, their busy time (the sum of their durations), and their share of all of them."""
-    steps = Step.objects.filter(
-        execution__organization_id__in=scope.org_ids,
-        execution__created_at__gte=scope.start,
-        execution__created_at__lt=scope.end,
-        started_at__isnull=False,
-    ).exclude(worker="")
-    if scope.workflow is not None:
-        steps = steps.filter(execution__workflow=scope.workflow)
-    # a step still running counts until now
-    busy = ExpressionWrapper(
-        Coalesce(F("finished_at"), Value(timezone.now())) - F("started_at"),
-        output_field=DurationField(),
-    )
+    many, their busy time (the sum of their durations; a step still running counts until now,
+    or until its run ended), and their share of all of them."""
 
-    def grouped(key: str) -> list[dict[str, Any]]:
-        rows = list(
-            steps.order_by().values(key).annotate(n=Count("id"), busy=Sum(busy)).order_by("-n", key)
-        )
-        everything = sum(r["n"] for r in rows)
+    def grouped(key: str, position: int) -> list[dict[str, Any]]:
+        steps: Counter[str] = Counter()
+        busy: Counter[str] = Counter()
+        for triple, n in counted.steps.items():
+            steps[triple[position]] += n
+            busy[triple[position]] += counted.busy_us[triple]
+        everything = sum(steps.values())
         return [
             {
-                key: r[key],
-                "steps": r["n"],
-                "busy_ms": int(r["busy"].total_seconds() * 1000) if r["busy"] else 0,
-                "share": round(100 * r["n"] / everything, 1) if everything else 0.0,
+                key: name,
+                "steps": steps[name],
+                "busy_ms": busy[name] // 1000,
+                "share": round(100 * steps[name] / everything, 1) if everything else 0.0,
             }
-            for r in rows
+            for name in sorted(steps, key=lambda name: (-steps[name], name))
         ]
 
-    return {"agents": grouped("worker"), "queues": grouped("queue")}
+    return {"agents": grouped("worker", 1), "queues": grouped("queue", 2)}

@@ -1458,6 +1458,11 @@ def generate(options: Options, progress: Callable[[str], None] = print) -> Repor
                 )
     finally:
         writer.release(last)
+    # The load may skip the rollup's marking triggers (PostgreSQL's replica mode): its
+    # organizations' days are rolled afresh by the next fold.
+    from apps.analytics.rollup import forget_organizations
+
+    forget_organizations(sorted({plan.organization_id for plan in plans}))
     if postgres:
         _analyze(progress)
     report.seconds = time.monotonic() - started

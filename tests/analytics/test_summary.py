@@ -11,10 +11,9 @@ import pytest
 
 from apps.accounts.choices import Role
 from apps.analytics import services
-from apps.executions.choices import ExecutionStatus as S
 from apps.executions.models import Execution, Step
 from apps.executions.services import trigger_workflow
-from tests.factories import chain_definition, make_org, make_user, make_workflow
+from tests.factories import make_org, make_user
 
 pytestmark = pytest.mark.django_db
 
@@ -35,45 +34,6 @@ def run(workflow, status, created, seconds=None, started=True) -> Execution:
     )
     execution.refresh_from_db()
     return execution
-
-
-@pytest.fixture
-def paris(db):
-    org = make_org("paris")
-    org.time_zone = "Europe/Paris"  # UTC+1 in January
-    org.save()
-    return org
-
-
-@pytest.fixture
-def history(paris):
-    alpha = make_workflow(paris, chain_definition("alpha", 1))
-    beta = make_workflow(paris, chain_definition("beta", 1))
-    gamma = make_workflow(paris, chain_definition("gamma", 1))
-    gamma.is_active = False
-    gamma.save()
-    made = {
-        # 00:30 in Paris on the 10th, still the 9th in UTC: the day boundary
-        "first": run(alpha, S.COMPLETED, at(9, 23, 30), 10),
-        "second": run(alpha, S.COMPLETED, at(10, 12), 20),
-        "failed": run(alpha, S.FAILED, at(10, 13), 30),
-        "incomplete": run(alpha, S.INCOMPLETE, at(11, 9), 40),
-        "cancelled": run(alpha, S.CANCELLED, at(11, 10), 0, started=False),  # never started
-        "running": run(alpha, S.RUNNING, at(11, 11)),
-        "late": run(beta, S.COMPLETED, at(11, 22, 30), 100),  # 23:30 in Paris, the 11th
-        "scheduled": run(beta, S.SCHEDULED, at(10, 8), started=False),
-        # out of the range: 23:00 in Paris on the 9th, and 00:30 on the 12th
-        "before": run(alpha, S.COMPLETED, at(9, 22), 5),
-        "after": run(beta, S.FAILED, at(11, 23, 30), 5),
-    }
-    elsewhere = make_workflow(make_org("elsewhere"), chain_definition("alpha", 1))
-    run(elsewhere, S.COMPLETED, at(10, 12), 1000)
-    return made
-
-
-@pytest.fixture
-def analyst(paris):
-    return make_user("analyst", paris, Role.VIEWER)
 
 
 def scope(user, **params):
@@ -134,7 +94,8 @@ def test_a_workflow_filter_narrows_every_figure(history, analyst):
     assert [w["slug"] for w in result["top_workflows"]] == ["beta"]
 
 
-def test_agent_utilization_counts_the_steps_that_ran_by_agent_and_by_queue(history, analyst):
+def steps_that_ran(history) -> None:
+    """Steps on two agents and two queues: host/a ran 100 + 200 ms, host/b 300 ms in `shell`."""
     first, second = history["first"], history["second"]
 
     def ran(started, ms):
@@ -153,16 +114,23 @@ def test_agent_utilization_counts_the_steps_that_ran_by_agent_and_by_queue(histo
         **ran(at(10, 13, 1), 200),
     )
 
-    usage = services.summary(scope(analyst))["agent_utilization"]
 
-    assert usage["agents"] == [
+UTILIZATION = {
+    "agents": [
         {"worker": "host/a", "steps": 2, "busy_ms": 300, "share": 66.7},
         {"worker": "host/b", "steps": 1, "busy_ms": 300, "share": 33.3},
-    ]
-    assert usage["queues"] == [
+    ],
+    "queues": [
         {"queue": "default", "steps": 2, "busy_ms": 300, "share": 66.7},
         {"queue": "shell", "steps": 1, "busy_ms": 300, "share": 33.3},
-    ]
+    ],
+}
+
+
+def test_agent_utilization_counts_the_steps_that_ran_by_agent_and_by_queue(history, analyst):
+    steps_that_ran(history)
+
+    assert services.summary(scope(analyst))["agent_utilization"] == UTILIZATION
 
 
 def test_p95_of_a_known_distribution():
