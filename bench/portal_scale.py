@@ -6,7 +6,8 @@
 
 What it does:
 1. Makes sure the database holds at least --executions generated executions (`manage.py
-   generate_history`; an existing history is reused, and topped up when short).
+   generate_history`; an existing history is reused, and topped up when short), and folds the
+   analytics rollup (the scheduler's job: a first fold rolls every past day).
 2. Starts the Procfile's web line (`uvicorn … --workers ${WEB_CONCURRENCY:-$(nproc)}`; --web-workers
    sets WEB_CONCURRENCY) on a free port, with `config.settings.base`.
 3. As a staff member of the generated organizations (a viewer, so every query is scoped), asks
@@ -109,6 +110,15 @@ def ensure_history(args: argparse.Namespace) -> int:
             seed=args.seed + have,
         )
     return Execution.objects.filter(organization__slug__startswith="history-").count()
+
+
+def roll_up() -> None:
+    """The analytics rollup, as the scheduler keeps it (all of it at once here)."""
+    from apps.analytics import rollup
+
+    began = time.monotonic()
+    days = rollup.fold()
+    print(f"rolled up {days} day(s) in {time.monotonic() - began:.1f} s", flush=True)
 
 
 def bench_user():
@@ -342,6 +352,7 @@ def main() -> int:
     raise_on_termination()
     db_label, _ = setup_django(None)
     total = ensure_history(args)
+    roll_up()
     user, token = bench_user()
     cookie = session_cookie(user)
     table = pages()

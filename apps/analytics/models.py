@@ -111,6 +111,9 @@ class RolledDay(models.Model):
     day = models.DateField()
     time_zone = models.CharField(max_length=64)
     folded_at = models.DateTimeField(default=timezone.now)
+    # the day's duration histogram across its workflows: a summary without a workflow filter
+    # merges one of these a day rather than one a workflow and status
+    durations = models.JSONField(default=dict)
 
     class Meta:
         constraints = [

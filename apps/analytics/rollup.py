@@ -54,6 +54,7 @@ ENDED = (
 OPEN = tuple(s for s in ExecutionStatus.values if s not in ENDED)
 GAMMA = 1.02  # neighbouring buckets' bounds: a bucket's middle is within 1% of its values
 EXACT_PERCENTILES_MAX = 20_000
+FOLD_LIMIT = 31  # days rolled by one pass of the scheduler
 LOCK_KEY = 0x0F5F_1013  # PostgreSQL advisory lock: one fold at a time
 
 EXECUTION_TABLE = "executions_execution"
@@ -146,6 +147,7 @@ class Tally:
     durations: dict[Key, Counter[int]] = field(default_factory=lambda: defaultdict(Counter))
     steps: Counter[tuple[int, str, str]] = field(default_factory=Counter)
     busy_us: Counter[tuple[int, str, str]] = field(default_factory=Counter)
+    merged: Counter[int] = field(default_factory=Counter)  # histograms read already merged
 
     def add(self, other: Tally) -> Tally:
         self.runs.update(other.runs)
@@ -155,10 +157,11 @@ class Tally:
             self.durations[key].update(histogram)
         self.steps.update(other.steps)
         self.busy_us.update(other.busy_us)
+        self.merged.update(other.merged)
         return self
 
     def histogram(self) -> Counter[int]:
-        merged: Counter[int] = Counter()
+        merged: Counter[int] = Counter(self.merged)
         for histogram in self.durations.values():
             merged.update(histogram)
         return merged
@@ -313,20 +316,26 @@ def read(rolled: dict[int, list[date]], workflow_id: int | None = None) -> Tally
     result = Tally()
     if not rolled:
         return result
-    q = Q(pk__in=[])
-    for pk, days in rolled.items():
-        q |= Q(organization_id=pk, day__in=days)
-    if workflow_id is not None:
-        q &= Q(workflow_id=workflow_id)
-    for workflow, day, status, n, timed, us, durations in DailyRollup.objects.filter(q).values_list(
-        "workflow_id", "day", "status", "executions", "timed", "duration_us", "durations"
-    ):
+    days = Q(pk__in=[])
+    for pk, dates in rolled.items():
+        days |= Q(organization_id=pk, day__in=dates)
+    q = days if workflow_id is None else days & Q(workflow_id=workflow_id)
+    runs = DailyRollup.objects.filter(q)
+    fields = ["workflow_id", "day", "status", "executions", "timed", "duration_us"]
+    if workflow_id is None:  # the days' own histograms: one a day
+        for durations in RolledDay.objects.filter(days).values_list("durations", flat=True):
+            result.merged.update({int(k): v for k, v in durations.items()})
+    else:
+        fields.append("durations")
+    for row in runs.values_list(*fields):
+        workflow, day, status, n, timed, us = row[:6]
         key = (workflow, day, status)
         result.runs[key] += n
         if timed:
             result.timed[key] += timed
             result.duration_us[key] += us
-            result.durations[key].update({int(k): v for k, v in durations.items()})
+            if workflow_id is not None:
+                result.durations[key].update({int(k): v for k, v in row[6].items()})
     for workflow, worker, queue, n, us in (
         AgentRollup.objects.filter(q)
         .order_by()
@@ -345,9 +354,11 @@ def fold(
     now: datetime | None = None,
     organization_ids: list[int] | None = None,
     progress: Callable[[int, date], None] | None = None,
+    limit: int | None = None,
 ) -> int | None:
     """Take the change marks, forget their days, and roll every past day not rolled (of these
-    organizations, or all). Returns the days rolled; None when another fold holds the lock."""
+    organizations, or all; at most `limit` days, the rest next time). Returns the days rolled;
+    None when another fold holds the lock."""
     from apps.accounts.models import Organization
     from apps.accounts.timezones import zone_named
 
@@ -366,11 +377,19 @@ def fold(
         rolled = 0
         for pk, zone in zones.items():
             for day in _days_to_roll(pk, zone, now):
+                if limit is not None and rolled >= limit:
+                    return rolled
                 _roll_day(pk, zone, day, now)
                 rolled += 1
                 if progress is not None:
                     progress(pk, day)
         return rolled
+
+
+def scheduled_fold() -> None:
+    """The scheduler's fold: a month of days at most a pass (a first fold over a long history
+    takes several passes; the summary counts the days not rolled yet meanwhile)."""
+    fold(limit=FOLD_LIMIT)
 
 
 def _take_marks(zones: dict[int, zoneinfo.ZoneInfo]) -> None:
@@ -488,7 +507,13 @@ def _roll_day(pk: int, zone: zoneinfo.ZoneInfo, day: date, now: datetime) -> Non
             )
             for (workflow, worker, queue), n in counted.steps.items()
         )
-        RolledDay.objects.create(organization_id=pk, day=day, time_zone=zone.key, folded_at=now)
+        RolledDay.objects.create(
+            organization_id=pk,
+            day=day,
+            time_zone=zone.key,
+            folded_at=now,
+            durations={str(k): v for k, v in counted.histogram().items()},
+        )
 
 
 class _lock:

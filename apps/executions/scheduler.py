@@ -85,7 +85,7 @@ class SchedulerLoop:
     def tick(self) -> None:
         """One pass over everything due. The lock is renewed between phases, so a long phase (a
         backlog of cron fires) cannot outlive it unnoticed; a lost lock ends the pass."""
-        from apps.analytics.rollup import fold as fold_rollup
+        from apps.analytics.rollup import scheduled_fold
         from apps.approvals.services import escalate_due_approvals, expire_due_approvals
         from apps.executions import cron
         from apps.executions.services import (
@@ -107,7 +107,7 @@ class SchedulerLoop:
             reconcile_lost_agents,
             send_unsent_steps,
             self._every(lost_dispatch_check_seconds(), reconcile_lost_dispatches),
-            self._every(ROLLUP_SECONDS, fold_rollup),
+            self._every(ROLLUP_SECONDS, scheduled_fold),
             self._prune_daily,
         ]
         if self.embedded:

@@ -15,7 +15,7 @@ from django.utils import timezone
 from apps.accounts.choices import Role
 from apps.executions.choices import ExecutionStatus as S
 from apps.executions.models import Execution
-from tests.analytics.test_summary import analyst, history, paris, run  # noqa: F401 (fixtures)
+from tests.analytics.test_summary import run
 from tests.factories import chain_definition, make_org, make_user, make_workflow
 
 pytestmark = pytest.mark.django_db

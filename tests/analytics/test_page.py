@@ -9,8 +9,6 @@ from html import unescape
 import pytest
 from django.test import Client
 
-from tests.analytics.test_summary import analyst, history, paris  # noqa: F401 (fixtures)
-
 pytestmark = pytest.mark.django_db
 
 PAGE = "/analytics/"
