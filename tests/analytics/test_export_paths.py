@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from datetime import UTC, datetime, timedelta
 
 import openpyxl
@@ -226,6 +227,17 @@ def test_a_download_left_half_way_ends_its_copy(mixed, analyst, monkeypatch):
     header, rows = async_to_sync(first_chunks)()
 
     assert header.startswith(b"id,workflow,") and rows.count(b"\r\n") >= 5
+    # Its connection is closed; the server's end of it goes a moment later.
+    deadline = time.monotonic() + 10
+    while copies_here():
+        assert time.monotonic() < deadline, "the COPY's connection is still open"
+        time.sleep(0.05)
+
+
+def copies_here() -> int:
     with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY (SELECT%%'")
-        assert cursor.fetchone()[0] == 0
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND query LIKE 'COPY (SELECT%%'"
+        )
+        return cursor.fetchone()[0]
