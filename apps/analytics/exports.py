@@ -5,7 +5,7 @@ csv)` whose SELECT formats every cell (timestamps, duration, escaping): the CSV 
 bytes passed on, and the XLSX reads them back with the csv module. On SQLite (the embedded
 default), and inside a transaction, they are read a chunk at a time through the ORM and
 formatted here. Both ways give the same bytes (tests/analytics/test_export_paths.py). The XLSX
-is written by apps.analytics.xlsx into a temporary file, sent back in chunks.
+is written by openpyxl's write-only mode into a temporary file, sent back in chunks.
 
 Stored values are already masked (secrets never reach a stored field), and every text cell that
 a spreadsheet would read as a formula (starting with =, +, -, @, a tab or a carriage return) is
@@ -25,7 +25,7 @@ from django.conf import settings
 from django.db import connection
 from django.db.models import Case, CharField, F, OuterRef, Subquery, Value, When
 
-from apps.analytics import services, xlsx
+from apps.analytics import services
 from apps.analytics.services import Scope, summary
 from apps.executions.choices import STEP_FAILED, ExecutionStatus
 from apps.executions.models import Step
@@ -295,19 +295,23 @@ async def csv_stream(scope: Scope) -> AsyncIterator[bytes]:
 
 
 def write_xlsx(scope: Scope, target, on_progress=None) -> int:
-    """The workbook, written to `target` (a path or a binary file): an Executions sheet of
-    the rows and a Summary sheet of the metrics and the daily table. Returns the row count;
-    `on_progress(rows)` is called every OPSFLOW_EXPORT_PROGRESS_ROWS rows."""
+    """The workbook, written to `target` (a path or a binary file) by openpyxl's write-only
+    mode: an Executions sheet of the rows and a Summary sheet of the metrics and the daily
+    table. Returns the row count; `on_progress(rows)` is called every
+    OPSFLOW_EXPORT_PROGRESS_ROWS rows."""
+    from openpyxl import Workbook
+
+    book = Workbook(write_only=True)
+    sheet = book.create_sheet("Executions")
+    sheet.append(COLUMNS)
     written = 0
-
-    def executions() -> Iterator[list[Any]]:
-        nonlocal written
-        yield COLUMNS
-        for row in _reporting(rows(scope), on_progress):
-            written += 1
-            yield row
-
-    xlsx.write_workbook(target, [("Executions", executions()), ("Summary", _summary_rows(scope))])
+    for row in _reporting(rows(scope), on_progress):
+        sheet.append(row)
+        written += 1
+    summary_sheet = book.create_sheet("Summary")
+    for row in _summary_rows(scope):
+        summary_sheet.append(row)
+    book.save(target)
     return written
 
 
