@@ -11,6 +11,7 @@ from io import StringIO
 
 import pytest
 from django.core.management import call_command
+from django.utils import timezone
 
 from apps.analytics import rollup, services
 from apps.analytics.models import AgentRollup, DailyRollup, RolledDay, RollupMark
@@ -223,3 +224,32 @@ def test_the_rebuild_command_says_what_it_did(history, paris):
     assert "of 1 organization(s)" in out.getvalue()
     with pytest.raises(Exception, match="no organization nope"):
         call_command("rebuild_rollup", organization=["nope"], stdout=StringIO())
+
+
+def test_the_scheduler_folds_a_month_of_days_a_pass(history, paris, monkeypatch):
+    monkeypatch.setattr(rollup, "FOLD_LIMIT", 2)
+
+    def busy_days_rolled() -> int:
+        return len(set(DailyRollup.objects.values_list("organization_id", "day")))
+
+    passes = [rollup.scheduled_fold() or busy_days_rolled() for _ in range(4)]  # a minute apart
+
+    # five days have runs: Paris's 9th to 12th, and the 10th elsewhere
+    assert passes == [2, 4, 5, 5]
+    today_in_paris = timezone.now().astimezone(rollup.zoneinfo.ZoneInfo("Europe/Paris")).date()
+    assert not RolledDay.objects.filter(organization=paris, day__gte=today_in_paris).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_scheduler_pass_runs_the_fold(redis_conn, monkeypatch):
+    from apps.executions.scheduler import SchedulerLoop
+
+    folds = []
+    monkeypatch.setattr(rollup, "scheduled_fold", lambda: folds.append(1))
+    loop = SchedulerLoop()
+    assert loop.acquire_or_renew()
+
+    loop.tick()
+    loop.tick()  # within the minute: not again
+
+    assert folds == [1]
