@@ -25,9 +25,7 @@ def _install_marks(using, **kwargs):
             return
         columns = {
             c.name
-            for c in connection.introspection.get_table_description(
-                cursor, rollup.EXECUTION_TABLE
-            )
+            for c in connection.introspection.get_table_description(cursor, rollup.EXECUTION_TABLE)
         }
     if columns.issuperset(rollup.WATCHED):
         rollup.install(connection)

@@ -189,8 +189,7 @@ def tally(
         "workflow_id", "day", "status", "started_at", "finished_at"
     ):
         key = (workflow, on, status)
-        taken = finished - started
-        us = (taken.days * 86_400 + taken.seconds) * 1_000_000 + taken.microseconds
+        us = _us(finished - started)
         result.timed[key] += 1
         result.duration_us[key] += us
         result.durations[key][bucket(us / 1000)] += 1
@@ -213,6 +212,7 @@ def tally(
 
 
 def _us(taken: timedelta | None) -> int:
+    """A timedelta in whole microseconds, exactly (no float on the way)."""
     if not taken:
         return 0
     return (taken.days * 86_400 + taken.seconds) * 1_000_000 + taken.microseconds
