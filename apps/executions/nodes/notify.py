@@ -1,0 +1,1 @@
+"""`notify.email` and `notify.chat` (issue 14 item 3): being built."""

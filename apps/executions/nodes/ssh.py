@@ -1,0 +1,1 @@
+"""`ssh.command` (issue 14 item 2): being built."""
