@@ -8,6 +8,7 @@ from apps.accounts.api.views import TokenView
 from apps.accounts.permissions import rq_dashboard
 from apps.analytics.metrics import metrics_view
 from apps.executions.views import healthz, readyz
+from apps.workflows.incidents import receive_incident
 from apps.workflows.webhooks import receive
 
 api_v1 = [
@@ -39,6 +40,7 @@ urlpatterns = [
     path("api/v1/", include(api_v1)),
     path("approvals/", include("apps.approvals.urls")),
     path("hooks/<str:key>/", receive, name="webhook"),
+    path("hooks/<str:key>/incident/", receive_incident, name="incident-webhook"),
     path("django-rq/", include((rq_urls, "django_rq"))),
     path("", admin.site.urls),  # last: the admin's catch-all would shadow the routes above
 ]

@@ -64,7 +64,10 @@ ACTIONS: tuple[Action, ...] = (
         CAN_EXECUTE,
         api=("POST /api/v1/workflows/{slug}/trigger/",),
         admin=("workflows_workflow_run",),
-        other=("POST /hooks/{key}/ (anyone holding the URL, signed when a secret is set)",),
+        other=(
+            "POST /hooks/{key}/ (anyone holding the URL, signed when a secret is set)",
+            "POST /hooks/{key}/incident/ (an incident trigger's alerts: the same key and secret)",
+        ),
     ),
     Action(
         "workflows.create",
@@ -228,6 +231,13 @@ ACTIONS: tuple[Action, ...] = (
             "delete_selected",
         ),
         note="A value is write-only: no answer or page shows it after saving.",
+    ),
+    Action(
+        "incidents.read",
+        "Read what the incident triggers of your organizations' workflows received: the run "
+        "each alert started, or why it was skipped",
+        CAN_READ,
+        admin=("workflows_incidentdelivery_changelist", "workflows_incidentdelivery_change"),
     ),
     Action(
         "agents.read",

@@ -70,6 +70,12 @@ def sidebar(request) -> list[dict]:
             "admin:executions_incompleteexecution_changelist",
             "executions.IncompleteExecution",
         ),
+        _item(
+            "Incident deliveries",
+            "notification_important",
+            "admin:workflows_incidentdelivery_changelist",
+            "workflows.IncidentDelivery",
+        ),
         _item("Agents", "dns", "admin:executions_agent_changelist", "executions.Agent"),
         # the figures of the executions the user may read
         _item("Analytics", "insights", "admin:analytics", "executions.Execution"),

@@ -37,7 +37,7 @@ from apps.executions.choices import (
     ExecutionStatus,
 )
 from apps.executions.errors import INCOMPLETE_ERROR_TYPES
-from apps.executions.filtersets import variable_condition
+from apps.executions.filtersets import incident_runs, variable_condition
 from apps.executions.models import Agent, Execution, IncompleteExecution, Step
 from apps.workflows.definition import DefinitionError
 from apps.workflows.models import Workflow
@@ -119,12 +119,11 @@ class OverdueFilter(admin.SimpleListFilter):
         return queryset
 
 
-class VariablesFilter(admin.SimpleListFilter):
-    """A text box: `host=web-1` keeps the runs whose variable `host` is web-1."""
+class TextFilter(admin.SimpleListFilter):
+    """A text box in the filters panel; subclasses set `help` and `filtered`."""
 
-    title = "variables"
-    parameter_name = "variables"
     template = "admin/executions/filter_text.html"
+    help = ""
 
     def lookups(self, request, model_admin):
         return []
@@ -139,16 +138,41 @@ class VariablesFilter(admin.SimpleListFilter):
             if name not in (self.parameter_name, "p")
             for value in (values if isinstance(values, list) else [values])
         ]
-        yield {"value": self.value() or "", "hidden": others, "help": "name=value, e.g. host=web-1"}
+        yield {"value": self.value() or "", "hidden": others, "help": self.help}
 
     def queryset(self, request, queryset):
         if not self.value():
             return queryset
+        return self.filtered(request, queryset, self.value())
+
+    def filtered(self, request, queryset, value: str):
+        raise NotImplementedError
+
+
+class VariablesFilter(TextFilter):
+    """`host=web-1` keeps the runs whose variable `host` is web-1."""
+
+    title = "variables"
+    parameter_name = "variables"
+    help = "name=value, e.g. host=web-1"
+
+    def filtered(self, request, queryset, value: str):
         try:
-            return queryset.filter(variable_condition(self.value()))
+            return queryset.filter(variable_condition(value))
         except ValueError as exc:
             messages.error(request, f"Variables filter: {exc}")
             return queryset.none()
+
+
+class IncidentFilter(TextFilter):
+    """The runs an incident trigger started for this alert id."""
+
+    title = "incident"
+    parameter_name = "incident"
+    help = "an alert's id, e.g. a fingerprint"
+
+    def filtered(self, request, queryset, value: str):
+        return queryset.filter(pk__in=incident_runs(value))
 
 
 class TriggeredByFilter(admin.SimpleListFilter):
@@ -193,6 +217,7 @@ class ExecutionAdmin(VolumeListMixin, ReadOnlyAdmin, OrganizationScopedAdmin, Mo
         WorkflowFilter,
         TriggeredByFilter,
         VariablesFilter,
+        IncidentFilter,
         ("created_at", admin.DateFieldListFilter),  # a date hierarchy reads every row's date
     ]
     search_fields = ["workflow__name", "workflow__slug"]

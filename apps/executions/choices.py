@@ -100,6 +100,7 @@ class Trigger(models.TextChoices):
     MANUAL = "manual", "Manual"
     WEBHOOK = "webhook", "Webhook"
     CRON = "cron", "Cron"
+    INCIDENT = "incident", "Incident"
 
 
 class EventKind(models.TextChoices):

@@ -14,6 +14,15 @@ VARIABLE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]{0,63})=(.{0,500})$", re.DOTALL)
 VARIABLE_HELP = "name=value: runs whose variable `name` is that value (repeat for several)"
 
 
+def incident_runs(incident_id: str):
+    """The ids of the runs an incident trigger started for this alert (its id index)."""
+    from apps.workflows.models import IncidentDelivery
+
+    return IncidentDelivery.objects.filter(
+        incident_id=incident_id[:500], execution__isnull=False
+    ).values("execution_id")
+
+
 def variable_condition(text: str) -> Q:
     """`host=web-1` → executions whose variable `host` is "web-1". A value that reads as a
     JSON number or boolean (`retries=3`, `dry_run=true`) matches that too. ValueError when the
@@ -76,6 +85,12 @@ class ExecutionFilterSet(django_filters.FilterSet):
     )
     variables = VariablesFilter(field_name="variables", label=VARIABLE_HELP)
     triggered_by = TriggeredByFilter(label="User name of who triggered it")
+    incident = django_filters.CharFilter(
+        method="filter_incident", label="An alert's id: the runs its incident trigger started"
+    )
+
+    def filter_incident(self, queryset, name, value):
+        return queryset.filter(pk__in=incident_runs(value))
 
     def filter_overdue(self, queryset, name, value):
         from apps.executions.cron import overdue
@@ -94,6 +109,7 @@ class ExecutionFilterSet(django_filters.FilterSet):
             "overdue",
             "variables",
             "triggered_by",
+            "incident",
         ]
 
 

@@ -336,6 +336,11 @@ def build_context(
         "nodes": scoped(nodes, "nodes"),
         "execution": scoped(execution, "execution"),
     }
+    incident = (
+        (trigger.get("data") or {}).get("incident") if trigger.get("type") == "incident" else None
+    )
+    if isinstance(incident, dict):  # an incident trigger's alert: {{ incident.title }}
+        context["incident"] = scoped(incident, "incident")
     if secrets is not None:
         context["secrets"] = secrets
     return context

@@ -12,7 +12,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 from unfold.admin import ModelAdmin, TabularInline
 
-from apps.accounts.admin_mixins import FormWithUser, OrganizationScopedAdmin
+from apps.accounts.admin_mixins import FormWithUser, OrganizationScopedAdmin, ReadOnlyAdmin
 from apps.accounts.choices import CAN_EDIT, CAN_EXECUTE, CAN_READ
 from apps.accounts.permissions import has_role
 from apps.executions.services import WorkflowNotRunnable, trigger_workflow
@@ -23,7 +23,7 @@ from apps.workflows.definition import (
     normalize,
 )
 from apps.workflows.forms import RunWorkflowForm, WorkflowDefinitionForm
-from apps.workflows.models import Workflow, WorkflowVersion
+from apps.workflows.models import IncidentDelivery, Workflow, WorkflowVersion
 from apps.workflows.services import (
     change_workflow,
     create_workflow,
@@ -343,3 +343,32 @@ def _variables_template(definition) -> str:
     return yaml.safe_dump(
         {name: spec.get("default") for name, spec in variables.items()}, sort_keys=False
     )
+
+
+@admin.register(IncidentDelivery)
+class IncidentDeliveryAdmin(ReadOnlyAdmin, OrganizationScopedAdmin, ModelAdmin):
+    """What incident triggers received: the run each alert started, the earlier run that
+    answered a repeat, or why it was skipped (a `match` it did not pass)."""
+
+    organization_field = "workflow__organization"
+    list_display = [
+        "created_at",
+        "workflow",
+        "incident_id",
+        "status",
+        "outcome",
+        "reason",
+        "repeats",
+        "run",
+    ]
+    list_filter = ["outcome", "status", "source"]
+    search_fields = ["incident_id", "title", "workflow__slug"]
+    list_select_related = ["workflow"]
+    list_per_page = 50
+
+    @admin.display(description="Run", ordering="execution_id")
+    def run(self, obj: IncidentDelivery):
+        if obj.execution_id is None:
+            return "—"
+        url = reverse("admin:executions_execution_change", args=[obj.execution_id])
+        return format_html('<a href="{}">#{}</a>', url, obj.execution_id)

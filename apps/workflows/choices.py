@@ -5,6 +5,7 @@ class TriggerType(models.TextChoices):
     MANUAL = "manual", "Manual"
     WEBHOOK = "webhook", "Webhook"
     CRON = "cron", "Cron"
+    INCIDENT = "incident", "Incident"
 
 
 class Catchup(models.TextChoices):
@@ -26,3 +27,15 @@ class Backoff(models.TextChoices):
 
 EDGE_ON = ("success", "error", "approved", "rejected", "true", "false", "always")
 VARIABLE_TYPES = ("string", "number", "integer", "boolean", "object", "array", "any")
+
+
+class IncidentSource(models.TextChoices):
+    ALERTMANAGER = "alertmanager", "Prometheus Alertmanager"
+    PAGERDUTY = "pagerduty", "PagerDuty (v3 webhooks)"
+    GENERIC = "generic", "Generic JSON"
+
+
+class IncidentOutcome(models.TextChoices):
+    STARTED = "started", "Started a run"
+    DUPLICATE = "duplicate", "Duplicate (the earlier run answered)"
+    SKIPPED = "skipped", "Skipped (match)"

@@ -232,6 +232,10 @@ class _Validator:
             if not _is_int(lateness) or lateness < 0:
                 self.add("trigger.max_lateness", "must be a whole number of seconds, 0 or more")
             out["max_lateness"] = lateness
+        if kind == TriggerType.INCIDENT:
+            from apps.workflows.incidents import check_trigger
+
+            out = check_trigger(out, self.add)
         return out
 
     def settings(self, settings: Any) -> dict[str, Any]:

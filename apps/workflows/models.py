@@ -7,8 +7,10 @@ from typing import Any
 from django.conf import settings
 from django.db import models
 from django.urls import reverse
+from django.utils import timezone
 
 from apps.accounts.models import Organization
+from apps.workflows.choices import IncidentOutcome, IncidentSource
 from apps.workflows.definition import Graph, next_fires, normalize
 
 
@@ -146,3 +148,41 @@ class WebhookDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.workflow.slug} {self.idempotency_key}"
+
+
+class IncidentDelivery(models.Model):
+    """An alert delivered to a workflow's incident trigger (apps/workflows/incidents.py): the
+    run it started, or why it was skipped, and how often it came again within the trigger's
+    dedupe window. One row per alert and status: the same alert again inside the window
+    creates nothing."""
+
+    workflow = models.ForeignKey(
+        Workflow, on_delete=models.CASCADE, related_name="incident_deliveries", db_index=False
+    )
+    incident_id = models.CharField(max_length=500, db_index=True)
+    status = models.CharField(max_length=16)  # firing, resolved
+    source = models.CharField(max_length=16, choices=IncidentSource.choices)
+    title = models.CharField(max_length=300, blank=True)
+    outcome = models.CharField(max_length=16, choices=IncidentOutcome.choices)
+    reason = models.CharField(max_length=500, blank=True)
+    repeats = models.PositiveIntegerField(default=0, help_text="Deliveries again in the window.")
+    execution = models.ForeignKey(
+        "executions.Execution",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="incident_deliveries",
+    )
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "incident deliveries"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["workflow", "incident_id", "status"], name="one_delivery_per_alert"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.incident_id} ({self.status}, {self.outcome})"

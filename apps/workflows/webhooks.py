@@ -6,6 +6,7 @@ answer, even to a body that is not JSON or too large, is the API's JSON error sh
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import math
@@ -58,51 +59,57 @@ def accepted(execution, repeat: bool = False) -> JsonResponse:
     return response
 
 
-@csrf_exempt
-def receive(request, key: str):
-    """Every answer is counted by outcome for /metrics (one HINCRBY; never fails the request)."""
-    outcome = metrics_counters.WEBHOOK_ERROR
-    try:
-        response = _receive(request, key)
-        outcome = metrics_counters.webhook_outcome(
-            response.status_code, getattr(response, "duplicate", False)
-        )
-        return response
-    finally:
-        metrics_counters.count_webhook(outcome)
+def counted(view):
+    """An inbound endpoint: CSRF-exempt (the key and signature authenticate it), and every
+    answer counted by outcome for /metrics (one HINCRBY; never fails the request)."""
+
+    @csrf_exempt
+    @functools.wraps(view)
+    def endpoint(request, key: str):
+        outcome = metrics_counters.WEBHOOK_ERROR
+        try:
+            response = view(request, key)
+            outcome = metrics_counters.webhook_outcome(
+                response.status_code, getattr(response, "duplicate", False)
+            )
+            return response
+        finally:
+            metrics_counters.count_webhook(outcome)
+
+    return endpoint
 
 
-def _receive(request, key: str):
+def too_large() -> JsonResponse:
+    return error(
+        413,
+        "payload_too_large",
+        f"The body is larger than {settings.OPSFLOW_MAX_BODY_BYTES} bytes.",
+    )
+
+
+def read_delivery(request, key: str, signed=None) -> tuple[Workflow, dict] | JsonResponse:
+    """The checks every inbound call passes, in order: POST, the size limit, the key, the
+    signature when the workflow has a secret (`signed(workflow, request, body)` may accept
+    other forms of it), and a JSON object within the document limits. Returns the workflow and
+    the payload, or the error to answer."""
     if request.method != "POST":
         response = error(405, "method_not_allowed", "Use POST.")
         response["Allow"] = "POST"
         return response
     declared = request.META.get("CONTENT_LENGTH")
     if declared and declared.isdigit() and int(declared) > settings.OPSFLOW_MAX_BODY_BYTES:
-        return error(
-            413,
-            "payload_too_large",
-            f"The body is larger than {settings.OPSFLOW_MAX_BODY_BYTES} bytes.",
-        )
+        return too_large()
     try:
         body = request.body
     except RequestDataTooBig:
-        return error(
-            413,
-            "payload_too_large",
-            f"The body is larger than {settings.OPSFLOW_MAX_BODY_BYTES} bytes.",
-        )
+        return too_large()
     if len(body) > settings.OPSFLOW_MAX_BODY_BYTES:
-        return error(
-            413,
-            "payload_too_large",
-            f"The body is larger than {settings.OPSFLOW_MAX_BODY_BYTES} bytes.",
-        )
+        return too_large()
 
     workflow = Workflow.objects.select_related("current_version").filter(webhook_key=key).first()
     if workflow is None:
         return error(404, "not_found", "No workflow has this webhook key.")
-    if workflow.webhook_secret:
+    if workflow.webhook_secret and not (signed and signed(workflow, request, body)):
         given = request.headers.get(SIGNATURE_HEADER, "")
         if not given:
             return error(
@@ -133,6 +140,14 @@ def _receive(request, key: str):
             f"The body cannot be accepted: {problem_text(problem)}.",
             [{"path": problem[0], "message": problem[1]}],
         )
+    return workflow, payload
+
+
+def _receive(request, key: str):
+    delivery = read_delivery(request, key)
+    if isinstance(delivery, JsonResponse):
+        return delivery
+    workflow, payload = delivery
     variables = payload.get("variables", {})
     if not isinstance(variables, dict):
         return error(
@@ -184,3 +199,6 @@ def _receive(request, key: str):
             raise  # not the idempotency race: a real error
         return accepted(earlier.execution, repeat=True)  # the same key raced in: the first one won
     return accepted(execution)
+
+
+receive = counted(_receive)

@@ -31,7 +31,7 @@ from apps.credentials.services import create_credential
 from apps.executions.choices import ExecutionStatus, IncompleteStatus
 from apps.executions.models import Execution, IncompleteExecution
 from apps.executions.services import cancel_execution, trigger_workflow
-from apps.workflows.models import Workflow
+from apps.workflows.models import IncidentDelivery, Workflow
 from tests.approvals.test_api_and_web import gate_definition
 from tests.executions.test_failure_api import check_definition
 from tests.factories import make_org, make_user, make_workflow
@@ -519,6 +519,23 @@ def agents_read(w: World, user) -> dict[str, bool]:
     }
 
 
+def incidents_read(w: World, user) -> dict[str, bool]:
+    row = IncidentDelivery.objects.create(
+        workflow=w.workflow(),
+        incident_id=w.slug("alert"),
+        status="firing",
+        source="generic",
+        outcome="skipped",
+        reason="probe",
+    )
+    client = web(user)
+    listing = client.get("/workflows/incidentdelivery/")
+    return {
+        "admin list": page(listing) and row.incident_id in listing.content.decode(),
+        "admin page": page(client.get(f"/workflows/incidentdelivery/{row.pk}/change/")),
+    }
+
+
 def analytics_read(w: World, user) -> dict[str, bool]:
     client = api(user)
     return {
@@ -580,6 +597,7 @@ PROBES: dict[str, Callable[[World, object], dict[str, bool]]] = {
     "approvals.decide": approvals_decide,
     "credentials.manage": credentials_manage,
     "agents.read": agents_read,
+    "incidents.read": incidents_read,
     "analytics.read": analytics_read,
     "audit.read": audit_read,
     "auth.token": auth_token,
@@ -660,6 +678,8 @@ UNLISTED_ADMIN_VIEWS = {
     "executions_agent_delete": "nobody",
     "approvals_approval_add": "nobody (gates make them)",
     "approvals_approval_delete": "nobody",
+    "workflows_incidentdelivery_add": "nobody (alerts make them)",
+    "workflows_incidentdelivery_delete": "nobody",
 }
 
 
