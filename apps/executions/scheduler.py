@@ -141,8 +141,10 @@ class SchedulerLoop:
             counts = prune_executions()
             prune_agents()
             from apps.analytics.exports import expire_exports
+            from apps.workflows.incidents import prune_skipped
 
             expire_exports()
+            prune_skipped()
             if counts:
                 logger.info("retention pruned %s execution(s)", sum(counts.values()))
 

@@ -42,6 +42,7 @@ MAX_DEDUPE_WINDOW = 7 * 86_400
 MAX_ALERTS = 100  # alerts in one delivery (an Alertmanager group); more is a 400
 TEXT_LIMIT = 500  # id, title, severity, service, url: longer values are cut
 MATCH_KEYS = ("status", "severity", "labels")
+SKIPPED_KEPT = timedelta(days=30)  # skipped deliveries (no run) are pruned after this
 
 
 class BadPayload(ValueError):
@@ -349,11 +350,12 @@ def _deliver(
     now = timezone.now()
     reason = mismatch(incident, match)
     key = {"workflow": workflow, "incident_id": incident["id"], "status": incident["status"]}
-    earlier = IncidentDelivery.objects.filter(**key).select_related("execution").first()
+    current = IncidentDelivery.objects.filter(**key, current=True)
+    earlier = current.select_related("execution").first()
     if earlier is not None and earlier.created_at >= now - window:
         return _repeat(incident, earlier)
-    if earlier is not None:  # outside the window: a new delivery of this alert
-        IncidentDelivery.objects.filter(pk=earlier.pk, created_at__lt=now - window).delete()
+    if earlier is not None:  # past the window: it stays for its run, no longer answering
+        current.filter(pk=earlier.pk, created_at__lt=now - window).update(current=False)
     try:
         with transaction.atomic():
             # The row first: a concurrent delivery of the same alert waits on it, then loses.
@@ -374,7 +376,7 @@ def _deliver(
             )
             row.save(update_fields=["execution"])
     except IntegrityError:
-        winner = IncidentDelivery.objects.filter(**key).select_related("execution").first()
+        winner = current.select_related("execution").first()
         if winner is None:
             raise
         return _repeat(incident, winner)
@@ -401,3 +403,12 @@ def _result(incident, outcome: str, execution, reason: str) -> dict[str, Any]:
 
 
 receive_incident = counted(_receive_incident)
+
+
+def prune_skipped(now=None) -> int:
+    """Retention for the skipped alerts (a delivery with a run goes with its run)."""
+    cutoff = (now or timezone.now()) - SKIPPED_KEPT
+    deleted, _ = IncidentDelivery.objects.filter(
+        execution__isnull=True, created_at__lt=cutoff
+    ).delete()
+    return deleted

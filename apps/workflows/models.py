@@ -153,8 +153,8 @@ class WebhookDelivery(models.Model):
 class IncidentDelivery(models.Model):
     """An alert delivered to a workflow's incident trigger (apps/workflows/incidents.py): the
     run it started, or why it was skipped, and how often it came again within the trigger's
-    dedupe window. One row per alert and status: the same alert again inside the window
-    creates nothing."""
+    dedupe window. One current row per alert and status: the same alert again inside the
+    window creates nothing."""
 
     workflow = models.ForeignKey(
         Workflow, on_delete=models.CASCADE, related_name="incident_deliveries", db_index=False
@@ -174,13 +174,18 @@ class IncidentDelivery(models.Model):
         related_name="incident_deliveries",
     )
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # The delivery that answers repeats; an older one (past the window) stays, for the run
+    # it links to the alert's id.
+    current = models.BooleanField(default=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
         verbose_name_plural = "incident deliveries"
         constraints = [
             models.UniqueConstraint(
-                fields=["workflow", "incident_id", "status"], name="one_delivery_per_alert"
+                fields=["workflow", "incident_id", "status"],
+                condition=models.Q(current=True),
+                name="one_delivery_per_alert",
             ),
         ]
 

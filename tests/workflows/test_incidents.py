@@ -299,6 +299,13 @@ def test_a_repeat_within_the_window_answers_the_earlier_run_and_after_it_starts_
 
     assert later["outcome"] == "started" and later["execution"] != first["execution"]
     assert Execution.objects.count() == 3
+    # both runs of the alert stay found by its id
+    runs = Execution.objects.filter(incident_deliveries__incident_id="disk-full-db-1")
+    assert set(runs.values_list("pk", flat=True)) == {
+        first["execution"],
+        later["execution"],
+        resolved["execution"],
+    }
 
 
 @pytest.mark.django_db
@@ -424,3 +431,17 @@ def test_twenty_concurrent_deliveries_of_one_alert_make_exactly_one_run(org, liv
     assert len({a.json()["incidents"][0]["execution"] for a in answers}) == 1
     assert Execution.objects.count() == 1
     assert IncidentDelivery.objects.get().repeats == 19
+
+
+@pytest.mark.django_db
+def test_skipped_alerts_are_pruned_after_30_days_and_runs_keep_theirs(hooks, org):
+    from django.utils import timezone
+
+    from apps.workflows.incidents import prune_skipped
+
+    workflow = make_workflow(org, definition("alertmanager", match={"status": "firing"}))
+    deliver(hooks, workflow, ALERTMANAGER)  # one run, one skipped
+    IncidentDelivery.objects.update(created_at=timezone.now() - timedelta(days=31))
+
+    assert prune_skipped() == 1
+    assert list(IncidentDelivery.objects.values_list("outcome", flat=True)) == ["started"]
