@@ -110,7 +110,7 @@ def guarded_transport() -> httpx.HTTPTransport:
     return transport
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def retry_after_of(response: httpx.Response) -> float | None:
     """Retry-After in seconds, given as a number or as an HTTP date (RFC 9110 §10.2.3)."""
     value = response.headers.get("retry-after")
     if not value:
@@ -181,6 +181,39 @@ def _unless_stopped(exchange, stop_requested):
                 raise Stopped(f"Cancelled now by {who}: the HTTP request was abandoned") from None
 
 
+def guarded_exchange(
+    request: dict[str, Any],
+    *,
+    timeout: float,
+    credentials: dict[str, Any],
+    stop_requested,
+    follow_redirects: bool = True,
+) -> tuple[httpx.Response, bytes, bool]:
+    """One request under http.request's rules, for every node that speaks HTTP: each hop's
+    address checked against OPSFLOW_HTTP_DENY, each credential the config read bound to each
+    hop's host, no environment proxy, the body read up to OPSFLOW_OUTPUT_CAP_BYTES within
+    `timeout`, abandoned on Cancel now. Returns (response, body, truncated); raises
+    DeniedAddress, CredentialNotAllowed, httpx's errors or Stopped."""
+    deadline = time.monotonic() + timeout
+    cap = settings.OPSFLOW_OUTPUT_CAP_BYTES
+
+    def exchange():
+        with (
+            httpx.Client(
+                timeout=timeout,
+                follow_redirects=follow_redirects,
+                transport=guarded_transport(),
+                trust_env=False,
+                event_hooks={"request": [credential_guard(credentials)]} if credentials else None,
+            ) as client,
+            client.stream(**request) as response,
+        ):
+            content, truncated = _read_capped(response, deadline, cap)
+        return response, content, truncated
+
+    return _unless_stopped(exchange, stop_requested)
+
+
 @register
 class HttpRequestNode(NodeType):
     name = "http.request"
@@ -237,27 +270,14 @@ class HttpRequestNode(NodeType):
             request["content"] = str(config["body"]).encode()
         timeout = ctx.timeout or self.default_timeout
         started = time.perf_counter()
-        deadline = time.monotonic() + timeout
-        cap = settings.OPSFLOW_OUTPUT_CAP_BYTES
-
-        def exchange():
-            with (
-                httpx.Client(
-                    timeout=timeout,
-                    follow_redirects=bool(config.get("follow_redirects", True)),
-                    transport=guarded_transport(),
-                    trust_env=False,
-                    event_hooks={"request": [credential_guard(ctx.credentials)]}
-                    if ctx.credentials
-                    else None,
-                ) as client,
-                client.stream(**request) as response,
-            ):
-                content, truncated = _read_capped(response, deadline, cap)
-            return response, content, truncated
-
         try:
-            response, content, truncated = _unless_stopped(exchange, ctx.stop_requested)
+            response, content, truncated = guarded_exchange(
+                request,
+                timeout=timeout,
+                credentials=ctx.credentials,
+                stop_requested=ctx.stop_requested,
+                follow_redirects=bool(config.get("follow_redirects", True)),
+            )
         except httpx.TimeoutException as exc:
             raise errors.ModuleTimeoutError(
                 f"HTTP request timed out after {timeout:g}s: {exc}"
@@ -300,6 +320,6 @@ class HttpRequestNode(NodeType):
             raise error_class(
                 f"HTTP {response.status_code} from {request['method']} {url}",
                 output=output,
-                retry_after=_retry_after(response) if response.status_code == 429 else None,
+                retry_after=retry_after_of(response) if response.status_code == 429 else None,
             )
         return output
