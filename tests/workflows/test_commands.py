@@ -180,7 +180,7 @@ def test_export_needs_the_organization_when_there_are_several(org, other_org):
 
 # --- seed_demo ---
 
-DEMO_SLUGS = ["fan-out-join", "gated-restart", "portal-health"]
+DEMO_SLUGS = ["alert-restart", "fan-out-join", "gated-restart", "portal-health"]
 
 
 @pytest.mark.django_db
