@@ -115,12 +115,13 @@ class WorkflowAdmin(FormWithUser, OrganizationScopedAdmin, ModelAdmin):
 
     @admin.display(description="Webhook")
     def webhook_path(self, obj):
-        """The path, and a button that copies the whole URL (this portal's address first)."""
+        """The path, and a button that copies the whole URL (this portal's address first); an
+        incident trigger's alerts go to its own path under it."""
         return format_html(
-            '<code id="opsflow-webhook">/hooks/{}/</code> '
+            '<code id="opsflow-webhook">{}</code> '
             '<button type="button" class="opsflow-tool" data-copy="opsflow-webhook" '
             "data-copy-origin>Copy URL</button>",
-            obj.webhook_key,
+            obj.hook_path(),
         )
 
     def save_model(self, request, obj, form, change):
@@ -200,7 +201,7 @@ class WorkflowAdmin(FormWithUser, OrganizationScopedAdmin, ModelAdmin):
         rotate_webhook_key(workflow, request.user)
         messages.success(
             request,
-            f"New webhook URL: /hooks/{workflow.webhook_key}/ (the old one no longer works).",
+            f"New webhook URL: {workflow.hook_path()} (the old one no longer works).",
         )
         return redirect(reverse("admin:workflows_workflow_change", args=[workflow.pk]))
 

@@ -69,6 +69,14 @@ class Workflow(models.Model):
         self.is_active, self.inactive_reason = False, reason[:500]
         self.save(update_fields=["is_active", "inactive_reason", "updated_at"])
 
+    def hook_path(self) -> str:
+        """Where outside systems call: the webhook, or with an incident trigger (in the draft)
+        the path its alerts go to."""
+        trigger = (self.draft or {}).get("trigger") or {}
+        if isinstance(trigger, dict) and trigger.get("type") == "incident":
+            return f"/hooks/{self.webhook_key}/incident/"
+        return f"/hooks/{self.webhook_key}/"
+
     def rotate_webhook_key(self) -> str:
         """A new random key: the old URL stops working at once."""
         self.webhook_key = new_webhook_key()

@@ -445,3 +445,17 @@ def test_skipped_alerts_are_pruned_after_30_days_and_runs_keep_theirs(hooks, org
 
     assert prune_skipped() == 1
     assert list(IncidentDelivery.objects.values_list("outcome", flat=True)) == ["started"]
+
+
+@pytest.mark.django_db
+def test_the_workflow_names_its_incident_url(org):
+    workflow = make_workflow(org, definition("generic"))
+    operator = make_user("responder", org, Role.OPERATOR)
+    api = Client()
+    api.force_login(operator)
+
+    shown = api.get(f"/api/v1/workflows/{workflow.slug}/").json()["webhook_url"]
+
+    assert shown == f"http://testserver/hooks/{workflow.webhook_key}/incident/"
+    page = api.get(reverse("admin:workflows_workflow_change", args=[workflow.pk])).content
+    assert f"/hooks/{workflow.webhook_key}/incident/".encode() in page

@@ -61,11 +61,11 @@ class WorkflowSerializer(serializers.ModelSerializer):
 
     def get_webhook_url(self, obj) -> str | None:
         """The URL is the key that triggers the workflow: null for those who may not trigger it
-        (viewers)."""
+        (viewers). With an incident trigger, the path its alerts go to (`…/incident/`)."""
         request = self.context.get("request")
         if request is None or not has_role(request.user, obj.organization, CAN_EXECUTE):
             return None
-        return request.build_absolute_uri(f"/hooks/{obj.webhook_key}/")
+        return request.build_absolute_uri(obj.hook_path())
 
 
 class WorkflowPatchSerializer(serializers.ModelSerializer):
