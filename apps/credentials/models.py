@@ -30,7 +30,8 @@ class Credential(models.Model):
     allowed_hosts = models.JSONField(
         default=list,
         blank=True,
-        help_text="Hosts http.request may send it to: host, host:port or *.domain. Empty: none.",
+        help_text="Hosts it may go to (http.request, notify.chat, ssh.command): host, "
+        "host:port or *.domain. Empty: none.",
     )
     description = models.CharField(max_length=200, blank=True)
     created_by = models.ForeignKey(

@@ -406,6 +406,7 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "rq.worker": {"level": "WARNING"},
+        "asyncssh": {"level": "WARNING"},  # (ssh.command) several INFO lines a connection
         "django.db.backends": {"level": "INFO"},
         "axes.apps": {"level": "WARNING"},  # its start-up banner; lockouts still log
     },
