@@ -36,7 +36,8 @@ class CredentialCreateSerializer(serializers.Serializer):
     allowed_hosts = serializers.ListField(
         child=serializers.CharField(),
         required=False,
-        help_text="Hosts http.request may send it to: host, host:port or *.domain.",
+        help_text="Hosts it may go to (http.request, notify.chat, ssh.command): host, host:port "
+        "or *.domain.",
     )
     description = serializers.CharField(required=False, allow_blank=True, max_length=200)
 
