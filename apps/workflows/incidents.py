@@ -34,7 +34,7 @@ from apps.executions.services import WorkflowNotRunnable, trigger_workflow
 from apps.workflows.choices import IncidentOutcome, IncidentSource, TriggerType
 from apps.workflows.definition import DefinitionError
 from apps.workflows.models import IncidentDelivery, Workflow
-from apps.workflows.webhooks import counted, error, read_delivery
+from apps.workflows.webhooks import counted, error, read_delivery, signature_for
 
 FIRING, RESOLVED = "firing", "resolved"
 DEFAULT_DEDUPE_WINDOW = 3600
@@ -300,7 +300,7 @@ def _signed(workflow: Workflow, request, body: bytes) -> bool:
     """The secret's other forms: PagerDuty's signature header (v1=<hex HMAC-SHA256 of the
     body>; several while PagerDuty rotates, comma-separated) and a bearer token."""
     secret = workflow.webhook_secret.encode()
-    expected = hmac.new(secret, body, hashlib.sha256).hexdigest().encode()
+    expected = signature_for(workflow.webhook_secret, body).removeprefix("sha256=").encode()
     for part in request.headers.get("X-PagerDuty-Signature", "").split(","):
         scheme, _, given = part.strip().partition("=")
         if scheme == "v1" and hmac.compare_digest(given.encode("utf-8", "replace"), expected):
