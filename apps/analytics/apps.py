@@ -17,17 +17,10 @@ def _install_marks(using, **kwargs):
     """Install the marking triggers after each migrate, once both of their tables and the
     columns they watch exist (not after migrating the executions back before them)."""
     from apps.analytics import rollup
+    from apps.executions import triggers
 
     connection = connections[using]
-    with connection.cursor() as cursor:
-        tables = connection.introspection.table_names(cursor)
-        if rollup.EXECUTION_TABLE not in tables or rollup.MARK_TABLE not in tables:
-            return
-        columns = {
-            c.name
-            for c in connection.introspection.get_table_description(cursor, rollup.EXECUTION_TABLE)
-        }
-    if columns.issuperset(rollup.WATCHED):
+    if triggers.table_has(connection, rollup.EXECUTION_TABLE, rollup.WATCHED, rollup.MARK_TABLE):
         rollup.install(connection)
 
 

@@ -40,6 +40,7 @@ from django.db.models.functions import Coalesce, TruncDate, TruncHour
 from django.utils import timezone
 
 from apps.analytics.models import AgentRollup, DailyRollup, RolledDay, RollupMark
+from apps.executions import triggers
 from apps.executions.choices import ExecutionStatus
 from apps.executions.models import Execution, Step
 
@@ -598,15 +599,7 @@ FOR EACH ROW WHEN {_in("OLD.status", ENDED)} BEGIN {_insert("OLD")} END""",
 
 def install(connection) -> None:
     """Create (or replace) the marking triggers on this database."""
-    if connection.vendor == "postgresql":
-        statements = _postgresql()
-    elif connection.vendor == "sqlite":
-        statements = _sqlite()
-    else:
-        raise NotImplementedError(f"the rollup needs triggers for {connection.vendor}")
-    with connection.cursor() as cursor:
-        for sql in statements:
-            cursor.execute(sql)
+    triggers.execute(connection, {"postgresql": _postgresql, "sqlite": _sqlite}, "rollup marks")
 
 
 def uninstall(connection) -> None:

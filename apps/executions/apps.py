@@ -16,20 +16,12 @@ def _drop_counters_on_sqlite(using, **kwargs):
 def _install_counters(using, **kwargs):
     """Install the counting triggers after each migrate, once the counter columns exist (not
     after migrating back before 0009)."""
-    from apps.executions import counters
+    from apps.executions import counters, triggers
 
     connection = connections[using]
-    with connection.cursor() as cursor:
-        tables = connection.introspection.table_names(cursor)
-        if counters.EXECUTION_TABLE not in tables or counters.STEP_TABLE not in tables:
-            return
-        columns = {
-            c.name
-            for c in connection.introspection.get_table_description(
-                cursor, counters.EXECUTION_TABLE
-            )
-        }
-    if "steps_completed" in columns:
+    if triggers.table_has(
+        connection, counters.EXECUTION_TABLE, ["steps_completed"], counters.STEP_TABLE
+    ):
         counters.install(connection)
 
 

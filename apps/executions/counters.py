@@ -14,6 +14,7 @@ triggers are dropped before migrating and installed after (apps.py).
 
 from __future__ import annotations
 
+from apps.executions import triggers
 from apps.executions.choices import STEP_FAILED, StepStatus
 
 COMPLETED = (StepStatus.COMPLETED.value,)
@@ -84,15 +85,7 @@ BEGIN UPDATE {EXECUTION_TABLE} SET {moved} WHERE id = NEW.execution_id; END""",
 
 def install(connection) -> None:
     """Create (or replace) the counting triggers on this database."""
-    if connection.vendor == "postgresql":
-        statements = _postgresql()
-    elif connection.vendor == "sqlite":
-        statements = _sqlite()
-    else:
-        raise NotImplementedError(f"step counters need triggers for {connection.vendor}")
-    with connection.cursor() as cursor:
-        for sql in statements:
-            cursor.execute(sql)
+    triggers.execute(connection, {"postgresql": _postgresql, "sqlite": _sqlite}, "step counters")
 
 
 def uninstall(connection) -> None:
