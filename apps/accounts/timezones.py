@@ -23,6 +23,11 @@ def zone_named(name: str | None) -> zoneinfo.ZoneInfo | None:
     return zoneinfo.ZoneInfo(name)
 
 
+def zone_or_utc(name: str | None) -> zoneinfo.ZoneInfo:
+    """An organization's zone (`Organization.time_zone`): UTC when the name is not a zone."""
+    return zone_named(name) or zoneinfo.ZoneInfo("UTC")
+
+
 def validate_time_zone(name: str) -> None:
     """A model field's validator: an IANA zone name, or a clear error."""
     from django.core.exceptions import ValidationError

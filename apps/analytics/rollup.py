@@ -39,6 +39,7 @@ from django.db.models import Count, DurationField, ExpressionWrapper, F, Q, Sum,
 from django.db.models.functions import Coalesce, TruncDate, TruncHour
 from django.utils import timezone
 
+from apps.accounts.timezones import zone_or_utc
 from apps.analytics.models import AgentRollup, DailyRollup, RolledDay, RollupMark
 from apps.executions import triggers
 from apps.executions.choices import ExecutionStatus
@@ -232,12 +233,6 @@ def _midnight(day: date, zone: zoneinfo.ZoneInfo) -> datetime:
     return datetime.combine(day, time.min, tzinfo=zone)
 
 
-def _zone_key(name: str) -> str:
-    from apps.accounts.timezones import zone_named
-
-    return (zone_named(name) or zoneinfo.ZoneInfo("UTC")).key
-
-
 def plan(org_ids: Iterable[int], start: datetime, end: datetime, zone: zoneinfo.ZoneInfo) -> Plan:
     """The whole days of [start, end) in `zone` that are rolled (in that zone) and unmarked are
     read from the rollup, for their ended runs; everything else is counted."""
@@ -251,7 +246,7 @@ def plan(org_ids: Iterable[int], start: datetime, end: datetime, zone: zoneinfo.
     same_zone = [
         pk
         for pk, name in Organization.objects.filter(pk__in=org_ids).values_list("pk", "time_zone")
-        if _zone_key(name) == zone.key
+        if zone_or_utc(name).key == zone.key
     ]
     rolled: dict[int, set[date]] = defaultdict(set)
     if same_zone and first <= last:
@@ -361,7 +356,6 @@ def fold(
     organizations, or all; at most `limit` days, the rest next time). Returns the days rolled;
     None when another fold holds the lock."""
     from apps.accounts.models import Organization
-    from apps.accounts.timezones import zone_named
 
     now = now or timezone.now()
     with _lock() as held:
@@ -370,10 +364,7 @@ def fold(
         organizations = Organization.objects.all()
         if organization_ids is not None:
             organizations = organizations.filter(pk__in=organization_ids)
-        zones = {
-            pk: zone_named(name) or zoneinfo.ZoneInfo("UTC")
-            for pk, name in organizations.values_list("pk", "time_zone")
-        }
+        zones = {pk: zone_or_utc(name) for pk, name in organizations.values_list("pk", "time_zone")}
         _take_marks(zones)
         rolled = 0
         for pk, zone in zones.items():

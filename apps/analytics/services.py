@@ -32,6 +32,7 @@ from django.utils.dateparse import parse_date, parse_datetime
 
 from apps.accounts.models import Organization
 from apps.accounts.permissions import organization_ids_for
+from apps.accounts.timezones import zone_or_utc
 from apps.analytics import rollup
 from apps.analytics.rollup import ENDED
 from apps.executions.choices import ExecutionStatus
@@ -135,12 +136,10 @@ def scope_for(user, params) -> Scope:
 
 
 def _zone_of(organization: Organization | None, org_ids: list[int]) -> zoneinfo.ZoneInfo:
-    from apps.accounts.timezones import zone_named
-
     if organization is not None:
-        return zone_named(organization.time_zone) or UTC
+        return zone_or_utc(organization.time_zone)
     names = set(Organization.objects.filter(pk__in=org_ids).values_list("time_zone", flat=True))
-    return (zone_named(names.pop()) or UTC) if len(names) == 1 else UTC
+    return zone_or_utc(names.pop()) if len(names) == 1 else UTC
 
 
 def _instant(value: str | None, zone, name: str, *, end_of_day: bool) -> datetime | None:
