@@ -52,6 +52,7 @@ from apps.executions.models import Execution, Step
 from apps.executions.services import run_due_incomplete_retries, trigger_workflow
 from apps.executions.worker import ThreadAgentWorker
 from apps.workflows.definition import DefinitionError, validate_definition
+from tests.executions.test_cancel_now import running
 from tests.factories import make_workflow
 
 SSHD = shutil.which("sshd") or next(
@@ -374,16 +375,6 @@ def test_a_server_that_never_answers_is_a_connect_timeout(org, workers):
         "ModuleTimeoutError",
         f"Could not connect to 127.0.0.1:{port} over SSH within 1s",
     )
-
-
-def running(execution: Execution, timeout: float = 15) -> Step:
-    deadline = time.monotonic() + timeout
-    while True:
-        step = execution.steps.filter(status=StepStatus.RUNNING).first()
-        if step:
-            return step
-        assert time.monotonic() < deadline, "the step never started"
-        time.sleep(0.05)
 
 
 def test_cancel_now_stops_the_remote_command_with_sigterm(
